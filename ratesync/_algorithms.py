@@ -1,0 +1,399 @@
+"""The limiter algorithms as pure functions: the one definition every store follows.
+
+Each algorithm is a function ``f(state, now, cost, spec, max_wait=0.0) -> (Decision, new_state)``.
+No I/O and no clock: ``now`` is the store's clock in seconds. Stores that run Python (memory,
+SQLite, NATS) call these functions directly; stores that run code on the server (Redis Lua,
+PostgreSQL SQL) are ports, checked against these functions with the golden vectors in
+``tests/algorithms``.
+
+Reservations: a caller that is willing to wait (``max_wait > 0``) is given its place in the
+future and told how long to sleep (``Decision.wait``) instead of being refused and retrying.
+Every algorithm keeps reservations in arrival order (a new reservation is never placed before
+an existing one), which is what makes a batch of reservations exact and the order fair.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, TypeAlias
+
+__all__ = [
+    "EPSILON",
+    "Decision",
+    "FixedWindow",
+    "LeaseDecision",
+    "Observation",
+    "Quota",
+    "QuotaState",
+    "SlidingWindow",
+    "Spec",
+    "TokenBucket",
+    "decide",
+    "fixed_window",
+    "lease_acquire",
+    "peek",
+    "quota",
+    "quota_observe",
+    "sliding_window",
+    "state_ttl",
+    "token_bucket",
+]
+
+#: Waits at or below this many seconds count as "now". Floating point sums of intervals are not
+#: exact; without a tolerance ``try_acquire`` would refuse a call that is due by 1e-16 s.
+EPSILON = 1e-9
+
+
+@dataclass(frozen=True, slots=True)
+class TokenBucket:
+    """``rate_per_second`` on average, with up to ``burst`` calls at once (GCRA)."""
+
+    rate_per_second: float
+    burst: int = 1
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two calls at the steady rate (GCRA's emission interval)."""
+        return 1.0 / self.rate_per_second
+
+    @property
+    def capacity(self) -> int:
+        return self.burst
+
+
+@dataclass(frozen=True, slots=True)
+class SlidingWindow:
+    """At most ``limit`` in any window of ``window_seconds`` (an exact log, not an estimate)."""
+
+    limit: int
+    window_seconds: float
+
+    @property
+    def capacity(self) -> int:
+        return self.limit
+
+
+@dataclass(frozen=True, slots=True)
+class FixedWindow:
+    """At most ``limit`` per window, windows aligned to multiples of ``window_seconds``."""
+
+    limit: int
+    window_seconds: float
+
+    @property
+    def capacity(self) -> int:
+        return self.limit
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """A mirror of an upstream's own quota, taught by its rate-limit headers (see ``quota_observe``).
+
+    With nothing learned it admits everything. ``max_cooldown`` caps how far into the future a
+    learned reset may block, so a hostile "reset in ten years" never blocks forever.
+    """
+
+    max_cooldown: float = 3600.0
+
+    @property
+    def capacity(self) -> int:
+        return 2**31
+
+
+Spec: TypeAlias = TokenBucket | SlidingWindow | FixedWindow | Quota
+
+
+class QuotaState(NamedTuple):
+    """What is known of an upstream quota: ``remaining`` calls until ``reset_at`` (store clock).
+
+    ``limit`` and ``window`` are known when the upstream said them; with both known the mirror
+    rolls into the next window by itself instead of admitting a herd at the reset.
+    """
+
+    reset_at: float
+    remaining: float
+    limit: float | None = None
+    window: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What one upstream response said, in seconds relative to the moment it was read."""
+
+    remaining: float
+    reset_after: float
+    limit: float | None = None
+    window: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of one acquire.
+
+    ``allowed`` with ``wait == 0``: go now. ``allowed`` with ``wait > 0``: a place is reserved,
+    sleep ``wait`` seconds and go. Not ``allowed``: nothing was charged; ``wait`` is how long until
+    the same call would be admitted (``math.inf`` if never, e.g. a cost above the capacity).
+    ``remaining`` is what is left after this call, ``reset_after`` the seconds until the limit is
+    fully replenished, ``limit`` the capacity of the binding limit.
+    """
+
+    allowed: bool
+    wait: float
+    remaining: float
+    reset_after: float
+    limit: float
+    #: True when the store's outage policy answered instead of its backend.
+    degraded: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseDecision:
+    """Outcome of a concurrency lease request: ``active`` holders after it, ``retry_after`` hint."""
+
+    acquired: bool
+    active: int
+    retry_after: float
+    degraded: bool = False
+
+
+def _floor(x: float) -> float:
+    return float(math.floor(x + EPSILON))
+
+
+def token_bucket(
+    state: float | None, now: float, cost: int, spec: TokenBucket, max_wait: float = 0.0
+) -> tuple[Decision, float | None]:
+    """GCRA: the state is one number, the theoretical arrival time (TAT) of the next call."""
+    interval = 1.0 / spec.rate_per_second
+    span = spec.burst * interval
+    tat = state if state is not None and state > now else now
+    new_tat = tat + cost * interval
+    wait = new_tat - span - now
+    if wait <= EPSILON:
+        wait = 0.0
+    if wait <= max_wait + EPSILON:
+        remaining = max(0.0, _floor((span - (new_tat - now)) / interval)) if wait == 0.0 else 0.0
+        return Decision(True, wait, remaining, new_tat - now, spec.burst), new_tat
+    remaining = max(0.0, _floor((span - (tat - now)) / interval))
+    return Decision(False, wait, remaining, tat - now, spec.burst), state
+
+
+def sliding_window(
+    state: Sequence[tuple[float, int]] | None,
+    now: float,
+    cost: int,
+    spec: SlidingWindow,
+    max_wait: float = 0.0,
+) -> tuple[Decision, tuple[tuple[float, int], ...] | None]:
+    """An exact log of ``(time, cost)`` entries, oldest first.
+
+    An entry at ``e`` counts in the window ``(t - W, t]``. A call is placed at the first time
+    ``t >= max(now, newest entry)`` where the window ending at ``t`` has room, so no window of
+    length ``W`` ever holds more than ``limit``, reservations included.
+    """
+    window = spec.window_seconds
+    entries = [e for e in state or () if e[0] > now - window]
+    if cost > spec.limit:
+        used = sum(c for _, c in entries)
+        return Decision(False, math.inf, max(0.0, spec.limit - used), _reset(entries, now, window), spec.limit), (
+            tuple(entries) or None
+        )
+    t0 = max(now, entries[-1][0]) if entries else now
+    counted = [e for e in entries if e[0] > t0 - window]
+    used = sum(c for _, c in counted)
+    at = t0
+    if used + cost > spec.limit:
+        need = used + cost - spec.limit
+        freed = 0
+        for e_time, e_cost in counted:
+            freed += e_cost
+            if freed >= need:
+                at = e_time + window
+                break
+    wait = at - now
+    if wait <= EPSILON:
+        wait = 0.0
+    if wait <= max_wait + EPSILON:
+        kept = [e for e in entries if e[0] > at - window]
+        used_at = sum(c for _, c in kept)
+        kept.append((at, cost))
+        remaining = float(spec.limit - used_at - cost) if wait == 0.0 else 0.0
+        return Decision(True, wait, max(0.0, remaining), at + window - now, spec.limit), tuple(kept)
+    now_used = sum(c for t, c in entries if t <= now)
+    remaining = 0.0 if t0 > now else float(max(0, spec.limit - now_used))
+    return Decision(False, wait, remaining, _reset(entries, now, window), spec.limit), (tuple(entries) or None)
+
+
+def _reset(entries: Sequence[tuple[float, int]], now: float, window: float) -> float:
+    return entries[-1][0] + window - now if entries else 0.0
+
+
+def fixed_window(
+    state: tuple[float, int] | None, now: float, cost: int, spec: FixedWindow, max_wait: float = 0.0
+) -> tuple[Decision, tuple[float, int] | None]:
+    """``(window_start, count)``; windows start at multiples of ``window_seconds`` of the clock."""
+    window = spec.window_seconds
+    current = math.floor(now / window) * window
+    start, count = state if state is not None and state[0] >= current else (current, 0)
+    room_now = float(max(0, spec.limit - count)) if start <= now else 0.0
+    if cost > spec.limit:
+        return Decision(False, math.inf, room_now, start + window - now, spec.limit), state
+    if count + cost > spec.limit:
+        start, count = start + window, 0
+    wait = max(0.0, start - now)
+    if wait <= EPSILON:
+        wait = 0.0
+    if wait <= max_wait + EPSILON:
+        remaining = float(spec.limit - count - cost) if wait == 0.0 else 0.0
+        return Decision(True, wait, remaining, start + window - now, spec.limit), (start, count + cost)
+    return Decision(False, wait, room_now, wait, spec.limit), state
+
+
+def quota(
+    state: QuotaState | None, now: float, cost: int, spec: Quota, max_wait: float = 0.0
+) -> tuple[Decision, QuotaState | None]:
+    """Spend a learned upstream quota; with nothing learned, admit."""
+    if state is None:
+        return Decision(True, 0.0, math.inf, 0.0, math.inf), None
+    reset_at, remaining, limit, window = state
+    start = reset_at - window if window is not None else -math.inf
+    at = max(now, start)
+    if at >= reset_at:
+        if limit is None or window is None:
+            # The learned block is over and nothing says what comes next: admit, forget.
+            return Decision(True, 0.0, math.inf, 0.0, math.inf), None
+        # Roll the mirror forward to the window that contains ``at``.
+        skipped = math.floor((at - reset_at) / window) + 1
+        reset_at += skipped * window
+        remaining = limit
+    lim = limit if limit is not None else math.inf
+    if remaining >= cost:
+        wait = max(0.0, at - now)
+        new_state = QuotaState(reset_at, remaining - cost, limit, window)
+    elif limit is not None and window is not None:
+        # Reserve in the next window (cost above the limit still goes then: better than never).
+        wait = reset_at - now
+        new_state = QuotaState(reset_at + window, max(0.0, limit - cost), limit, window)
+    else:
+        wait = reset_at - now
+        new_state = QuotaState(reset_at, 0.0, limit, window)
+    if wait <= EPSILON:
+        wait = 0.0
+    if wait <= max_wait + EPSILON:
+        left = new_state.remaining if wait == 0.0 else 0.0
+        return Decision(True, wait, left, max(0.0, new_state.reset_at - now), lim), new_state
+    left = remaining if at <= now else 0.0
+    return Decision(False, wait, max(0.0, left), max(0.0, reset_at - now), lim), state
+
+
+def quota_observe(state: QuotaState | None, now: float, obs: Observation, spec: Quota) -> QuotaState | None:
+    """Fold one upstream response into the mirror.
+
+    Responses of the same window (resets within a tolerance) can only lower ``remaining``: a
+    response that was in flight longer carries an older, higher count. A later reset starts a new
+    window. A shorter or earlier claim never shortens a block already learned.
+    """
+    reset_after = min(max(0.0, obs.reset_after), spec.max_cooldown)
+    reset_at = now + reset_after
+    remaining = max(0.0, math.floor(obs.remaining))
+    limit = obs.limit if obs.limit is not None and obs.limit >= remaining else None
+    window = obs.window
+    if state is not None:
+        if window is None and limit is not None:
+            # A response just after a reset shows nearly the whole window: the largest reset seen
+            # is the best estimate of the window's length the headers allow.
+            window = max(state.window or 0.0, reset_after) or None
+        if limit is None:
+            limit = state.limit
+        if window is None:
+            window = state.window
+        tolerance = min(1.0, 0.5 * window) if window else 1.0
+        if reset_at <= state.reset_at + tolerance:
+            if reset_at < state.reset_at - tolerance and remaining >= state.remaining:
+                return QuotaState(state.reset_at, state.remaining, limit, window)
+            return QuotaState(max(reset_at, state.reset_at), min(remaining, state.remaining), limit, window)
+    elif window is None and limit is not None and reset_after > 0:
+        window = reset_after
+    if reset_after <= 0 and (limit is None or window is None):
+        return state
+    if window is not None:
+        window = min(window, spec.max_cooldown)
+    return QuotaState(reset_at, remaining, limit, window)
+
+
+_ALGORITHMS: dict[type[Any], Callable[..., tuple[Decision, Any]]] = {
+    TokenBucket: token_bucket,
+    SlidingWindow: sliding_window,
+    FixedWindow: fixed_window,
+    Quota: quota,
+}
+
+
+def decide(
+    states: Sequence[Any], now: float, cost: int, specs: Sequence[Spec], max_wait: float = 0.0
+) -> tuple[Decision, list[Any]]:
+    """Several limits as one: admitted only when every limit admits, charged all or nothing.
+
+    Each limit says when it could admit the call; the call is placed at the latest of those times
+    in every limit (each algorithm admits at any time after its earliest, so this is exact).
+    """
+    if len(specs) == 1:
+        decision, new_state = _ALGORITHMS[type(specs[0])](states[0], now, cost, specs[0], max_wait)
+        return decision, [new_state]
+    first = [_ALGORITHMS[type(s)](st, now, cost, s, math.inf)[0] for st, s in zip(states, specs, strict=True)]
+    at = max(d.wait for d in first)
+    if at > max_wait + EPSILON:
+        binding = max(first, key=lambda d: d.wait)
+        remaining = min(_remaining_now(st, now, s) for st, s in zip(states, specs, strict=True))
+        return Decision(False, at, remaining, binding.reset_after, binding.limit), list(states)
+    decisions: list[Decision] = []
+    new_states: list[Any] = []
+    for st, s in zip(states, specs, strict=True):
+        d, ns = _ALGORITHMS[type(s)](st, now + at, cost, s, 0.0)
+        decisions.append(d)
+        new_states.append(ns)
+    binding = min(decisions, key=lambda d: d.remaining)
+    remaining = binding.remaining if at == 0.0 else 0.0
+    return (
+        Decision(True, at, remaining, max(d.reset_after for d in decisions) + at, binding.limit),
+        new_states,
+    )
+
+
+def _remaining_now(state: Any, now: float, spec: Spec) -> float:
+    d, _ = _ALGORITHMS[type(spec)](state, now, 1, spec, 0.0)
+    return d.remaining + 1 if d.allowed else d.remaining
+
+
+def peek(states: Sequence[Any], now: float, specs: Sequence[Spec]) -> Decision:
+    """What a call of cost 1 would be told now, charging nothing; ``remaining`` counts it unspent."""
+    d, _ = decide(states, now, 1, specs, 0.0)
+    if d.allowed:
+        return Decision(True, 0.0, d.remaining + 1, d.reset_after, d.limit)
+    return d
+
+
+def state_ttl(state: Any, now: float, spec: Spec) -> float:
+    """Seconds after which ``state`` means the same as no state (stores expire keys by this)."""
+    if state is None:
+        return 0.0
+    if isinstance(spec, TokenBucket):
+        return max(0.0, float(state) - now)
+    if isinstance(spec, SlidingWindow):
+        return max(0.0, float(state[-1][0]) + spec.window_seconds - now) if state else 0.0
+    if isinstance(spec, FixedWindow):
+        return max(0.0, float(state[0]) + spec.window_seconds - now)
+    return max(0.0, float(state.reset_at) + float(state.window or 0.0) - now)
+
+
+def lease_acquire(
+    leases: dict[str, float], now: float, limit: int, lease_seconds: float, lease_id: str
+) -> tuple[LeaseDecision, dict[str, float]]:
+    """Concurrency leases: ``{lease_id: expires_at}``; expired leases give their slot back."""
+    live = {k: exp for k, exp in leases.items() if exp > now}
+    if lease_id in live or len(live) < limit:
+        live[lease_id] = now + lease_seconds
+        return LeaseDecision(True, len(live), 0.0), live
+    return LeaseDecision(False, len(live), min(live.values()) - now), live

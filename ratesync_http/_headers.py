@@ -1,0 +1,704 @@
+"""Pure parser for rate-limit response headers.
+
+:func:`parse_rate_limit_headers` turns the rate-limit headers of one HTTP response into a
+:class:`RateLimitInfo`. It performs no I/O and reads no clock except ``time.time()`` as the
+default for ``now``. It never raises for any header content: malformed values are ignored
+and logged at DEBUG level on the ``ratesync_http`` logger.
+
+Families read, in order of precedence (the first family that yields anything wins, fields are
+never mixed between families; ``Retry-After`` combines with any of them):
+
+1. IETF structured fields (draft-ietf-httpapi-ratelimit-headers-08 and later):
+   ``RateLimit-Policy: "default";q=100;w=60`` and ``RateLimit: "default";r=50;t=30``.
+2. Older IETF drafts: ``RateLimit: limit=100, remaining=50, reset=30`` (draft-07),
+   ``RateLimit-Limit`` / ``RateLimit-Remaining`` / ``RateLimit-Reset`` and
+   ``RateLimit-Policy: 100;w=60`` (drafts -00 to -06).
+3. Vendor headers: OpenAI, Anthropic, Shopify.
+4. ``X-RateLimit-*`` / ``X-Rate-Limit-*`` (GitHub, X/Twitter, Discord, Reddit, ...).
+
+See ``docs/http-headers.md`` for the full mapping.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from email.utils import parsedate_to_datetime
+from typing import Final
+
+import http_sf
+
+__all__ = ["RateLimitInfo", "parse_rate_limit_headers"]
+
+_log = logging.getLogger("ratesync_http")
+
+#: A bare reset number above this is read as epoch *milliseconds* (1e12 ms is 2001-09-09).
+EPOCH_MILLISECONDS_THRESHOLD: Final[float] = 1e12
+#: A bare reset number above this (and not above the millisecond threshold) is read as epoch
+#: *seconds* (1e9 s is 2001-09-09); at or below it, as seconds from now (at most ~31.7 years).
+EPOCH_SECONDS_THRESHOLD: Final[float] = 1e9
+#: Any number larger than this after conversion (limit, remaining, seconds) is garbage.
+MAX_SANE_VALUE: Final[float] = 1e15
+
+#: Statuses on which a positive Retry-After means "blocked".
+RETRY_AFTER_STATUSES: Final[frozenset[int]] = frozenset({403, 429, 503})
+
+_TOO_MANY_REQUESTS: Final = 429
+_LOG_VALUE_MAX: Final = 80
+
+# ASCII-only on purpose: int()/float() accept Arabic-Indic, fullwidth, ... digits, "nan",
+# "inf", "1e3", "1_000" and surrounding whitespace; none of that is a valid header number.
+_NUMBER_RE: Final = re.compile(r"[0-9]+(?:\.[0-9]+)?|\.[0-9]+")
+# Go-style durations as sent by OpenAI: "6m0s", "1s", "20ms", "1h30m", "0.5s", "1m30.5s".
+_DURATION_RE: Final = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?(?:h|ms|us|µs|ns|m|s))+")
+_DURATION_PART_RE: Final = re.compile(r"([0-9]+(?:\.[0-9]+)?)(h|ms|us|µs|ns|m|s)")
+_DURATION_UNITS: Final[Mapping[str, float]] = {
+    "h": 3600.0,
+    "m": 60.0,
+    "s": 1.0,
+    "ms": 1e-3,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ns": 1e-9,
+}
+# RFC 3339 date-time (Anthropic resets), e.g. 2026-11-22T20:00:00Z, ...T20:00:00.5+01:00.
+_RFC3339_RE: Final = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})?"
+)
+# Shopify: "32/40" = 32 calls used out of a bucket of 40.
+_SHOPIFY_RE: Final = re.compile(r"([0-9]+)[ \t]*/[ \t]*([0-9]+)")
+
+_X_PREFIXES: Final = ("x-ratelimit-", "x-rate-limit-")
+_OPENAI_KINDS: Final = ("requests", "tokens")
+_ANTHROPIC_KINDS: Final = ("requests", "tokens", "input-tokens", "output-tokens")
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitInfo:
+    """What one response said about the client's rate limit.
+
+    All numbers are finite and non-negative, or ``None`` when the headers did not say.
+    """
+
+    #: Requests (or units) allowed per window.
+    limit: float | None = None
+    #: Requests (or units) left in the current window.
+    remaining: float | None = None
+    #: Seconds from ``now`` until the quota resets (0 if the reset is in the past).
+    reset_after: float | None = None
+    #: Seconds from ``now`` the server asked the client to wait (``Retry-After``).
+    retry_after: float | None = None
+    #: Length of the quota window in seconds, when a header states it (IETF ``w=``).
+    window: float | None = None
+    #: True when no request should be sent now.
+    blocked: bool = False
+    #: Which header family matched: "ietf-structured", "ietf", "openai", "anthropic",
+    #: "shopify", "x-ratelimit", "retry-after", or None.
+    source: str | None = None
+
+    @property
+    def known(self) -> bool:
+        """True when the headers taught anything (any numeric field is set)."""
+        return (
+            self.limit is not None
+            or self.remaining is not None
+            or self.reset_after is not None
+            or self.retry_after is not None
+            or self.window is not None
+        )
+
+
+HeadersLike = Mapping[str, str] | Iterable[tuple[str, str]]
+
+
+def parse_rate_limit_headers(
+    headers: HeadersLike, *, status: int = 200, now: float | None = None
+) -> RateLimitInfo:
+    """Parse the rate-limit headers of an HTTP response.
+
+    ``headers`` may be ``httpx.Headers`` (repeated headers are seen through
+    ``multi_items()``), ``requests.structures.CaseInsensitiveDict``, a plain ``dict`` or a list
+    of ``(name, value)`` pairs. Names are case-insensitive. ``status`` is the response status;
+    ``now`` is the epoch time (seconds) that absolute resets and Retry-After dates are measured
+    from, ``time.time()`` by default.
+
+    Never raises for any header content; malformed values are ignored (logged at DEBUG).
+    """
+    if now is None:
+        now = time.time()
+    try:
+        return _parse(headers, status, now)
+    except Exception:  # noqa: BLE001  # pragma: no cover - last-resort safety net, logged
+        _log.warning("unexpected error while parsing rate-limit headers; ignoring them", exc_info=True)
+        return RateLimitInfo(blocked=status == _TOO_MANY_REQUESTS)
+
+
+# --------------------------------------------------------------------------------------------
+# Assembly
+
+
+@dataclass(frozen=True, slots=True)
+class _Quota:
+    limit: float | None = None
+    remaining: float | None = None
+    reset_after: float | None = None
+    window: float | None = None
+
+    @property
+    def known(self) -> bool:
+        return (
+            self.limit is not None
+            or self.remaining is not None
+            or self.reset_after is not None
+            or self.window is not None
+        )
+
+
+def _parse(headers: HeadersLike, status: int, now: float) -> RateLimitInfo:
+    fields = _Fields.collect(headers)
+    retry_after = _retry_after(fields, now)
+
+    quota: _Quota | None = None
+    source: str | None = None
+    for name, family in (
+        ("ietf-structured", _ietf_structured),
+        ("ietf", _ietf_older),
+        ("openai", _openai),
+        ("anthropic", _anthropic),
+        ("shopify", _shopify),
+        ("x-ratelimit", _x_ratelimit),
+    ):
+        candidate = family(fields, now)
+        if candidate is not None and candidate.known:
+            quota, source = candidate, name
+            break
+    if quota is None:
+        quota = _Quota()
+        if retry_after is not None:
+            source = "retry-after"
+
+    limit, remaining = quota.limit, quota.remaining
+    if limit is not None and remaining is not None and limit < remaining:
+        _log.debug("ignoring limit %r: lower than remaining %r (source %s)", limit, remaining, source)
+        limit = None
+
+    blocked = (
+        (remaining is not None and remaining < 1 and quota.reset_after is not None and quota.reset_after > 0)
+        or (retry_after is not None and retry_after > 0 and status in RETRY_AFTER_STATUSES)
+        # A 429 without a Retry-After is a refusal however much quota the headers claim; the
+        # caller applies reset_after or its own default backoff.
+        or (status == _TOO_MANY_REQUESTS and retry_after is None)
+    )
+    return RateLimitInfo(
+        limit=limit,
+        remaining=remaining,
+        reset_after=quota.reset_after,
+        retry_after=retry_after,
+        window=quota.window,
+        blocked=blocked,
+        source=source,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Header collection
+
+
+def _ignore(name: str, value: object, why: str = "malformed") -> None:
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) > _LOG_VALUE_MAX:
+        text = text[:_LOG_VALUE_MAX] + "..."
+    _log.debug("ignoring %s %s header: %r", why, name, text)
+
+
+def _as_text(value: object) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("latin-1")
+    return None
+
+
+class _Fields:
+    """Header lines by lower-cased name, in arrival order."""
+
+    __slots__ = ("_lines", "_policies", "_ratelimit")
+
+    def __init__(self, lines: dict[str, list[str]]) -> None:
+        self._lines = lines
+        self._ratelimit: _RateLimitField | None = None
+        self._policies: _Policies | None = None
+
+    def ratelimit(self) -> _RateLimitField:
+        """The ``RateLimit`` field, parsed once and shared by both IETF families."""
+        if self._ratelimit is None:
+            self._ratelimit = _RateLimitField(self)
+        return self._ratelimit
+
+    def policies(self) -> _Policies:
+        """The ``RateLimit-Policy`` field, parsed once and shared by both IETF families."""
+        if self._policies is None:
+            self._policies = _parse_policies(self)
+        return self._policies
+
+    @classmethod
+    def collect(cls, headers: object) -> _Fields:
+        lines: dict[str, list[str]] = {}
+        if headers is None:
+            return cls(lines)
+        pairs: object
+        multi_items = getattr(headers, "multi_items", None)
+        items = getattr(headers, "items", None)
+        if callable(multi_items):
+            pairs = multi_items()
+        elif callable(items):
+            pairs = items()
+        else:
+            pairs = headers
+        if not isinstance(pairs, Iterable) or isinstance(pairs, (str, bytes, bytearray)):
+            _ignore("(all)", pairs, "non-iterable")
+            return cls(lines)
+        for pair in pairs:
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                _ignore("(pair)", pair, "non-pair")
+                continue
+            name, value = _as_text(pair[0]), _as_text(pair[1])
+            if name is None or value is None:
+                _ignore("(pair)", pair, "non-text")
+                continue
+            lines.setdefault(name.strip().lower(), []).append(value.strip())
+        return cls(lines)
+
+    def lines(self, *names: str) -> list[tuple[str, str]]:
+        """All (name, value) lines for the aliases ``names``."""
+        return [(name, value) for name in names for value in self._lines.get(name, ())]
+
+    def single(self, *names: str) -> tuple[str, str] | None:
+        """The one value of a single-valued field (aliases merged), or None.
+
+        Repeats that agree are fine, also when joined with commas ("60, 60", as
+        ``requests`` does); values that disagree make the field ambiguous: ignored.
+        """
+        lines = self.lines(*names)
+        if not lines:
+            return None
+        parts = {part.strip() for _, value in lines for part in value.split(",")}
+        name = lines[0][0]
+        if len(parts) != 1:
+            _ignore(name, ", ".join(value for _, value in lines), "conflicting repeated")
+            return None
+        return name, parts.pop()
+
+    def joined(self, name: str) -> str | None:
+        """A list-valued field: distinct lines joined with ", " (RFC 9651 section 3.1)."""
+        values = list(dict.fromkeys(value for _, value in self.lines(name)))
+        return ", ".join(values) if values else None
+
+
+# --------------------------------------------------------------------------------------------
+# Scalar values
+
+
+def _sane(name: str, raw: object, value: float) -> float | None:
+    if not math.isfinite(value) or value < 0 or value > MAX_SANE_VALUE:
+        _ignore(name, raw, "out-of-range")
+        return None
+    return value
+
+
+def _number(field: tuple[str, str] | None) -> float | None:
+    """A non-negative decimal number written with ASCII digits."""
+    if field is None:
+        return None
+    name, raw = field
+    if not _NUMBER_RE.fullmatch(raw):
+        _ignore(name, raw)
+        return None
+    return _sane(name, raw, float(raw))
+
+
+def _from_magnitude(name: str, raw: object, value: float, now: float) -> float | None:
+    """Seconds until a reset given as a bare number, told apart by magnitude."""
+    if value > EPOCH_MILLISECONDS_THRESHOLD:
+        delta = value / 1000.0 - now
+    elif value > EPOCH_SECONDS_THRESHOLD:
+        delta = value - now
+    else:
+        delta = value
+    if math.isnan(delta):
+        _ignore(name, raw, "out-of-range")
+        return None
+    return _sane(name, raw, max(0.0, delta))
+
+
+def _until(name: str, raw: str, when: datetime, now: float) -> float | None:
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    try:
+        delta = when.timestamp() - now
+    except (OverflowError, ValueError):  # platform limits on extreme years
+        _ignore(name, raw, "out-of-range")
+        return None
+    if math.isnan(delta):
+        _ignore(name, raw, "out-of-range")
+        return None
+    return _sane(name, raw, max(0.0, delta))
+
+
+def _rfc3339(name: str, raw: str, now: float) -> float | None:
+    if not _RFC3339_RE.fullmatch(raw):
+        return None
+    text = raw[:10] + "T" + raw[11:]
+    if text[-1] in "Zz":
+        text = text[:-1] + "+00:00"
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:  # e.g. month 13
+        return None
+    return _until(name, raw, when, now)
+
+
+def _http_date(name: str, raw: str, now: float) -> float | None:
+    # email.utils also int()s its parts, so it would accept non-ASCII digits: check first.
+    if not raw.isascii() or not any(c.isalpha() for c in raw):
+        return None
+    try:
+        when = parsedate_to_datetime(raw)
+    except (ValueError, TypeError, IndexError, OverflowError):
+        return None
+    return _until(name, raw, when, now)
+
+
+def _reset(field: tuple[str, str] | None, now: float) -> float | None:
+    """A reset: a bare number (magnitude rule), an RFC 3339 date-time or an HTTP date."""
+    if field is None:
+        return None
+    name, raw = field
+    if _NUMBER_RE.fullmatch(raw):
+        return _from_magnitude(name, raw, float(raw), now)
+    for parse in (_rfc3339, _http_date):
+        seconds = parse(name, raw, now)
+        if seconds is not None:
+            return seconds
+    _ignore(name, raw)
+    return None
+
+
+def _duration(field: tuple[str, str] | None) -> float | None:
+    """A Go-style duration ("6m0s", "20ms", "1m30.5s") or bare seconds."""
+    if field is None:
+        return None
+    name, raw = field
+    if _NUMBER_RE.fullmatch(raw):
+        return _sane(name, raw, float(raw))
+    if not _DURATION_RE.fullmatch(raw):
+        _ignore(name, raw)
+        return None
+    total = sum(float(amount) * _DURATION_UNITS[unit] for amount, unit in _DURATION_PART_RE.findall(raw))
+    return _sane(name, raw, total)
+
+
+def _retry_after(fields: _Fields, now: float) -> float | None:
+    """Retry-After: delay seconds (integer or decimal) or an HTTP date, measured from now."""
+    lines = fields.lines("retry-after")
+    if not lines:
+        return None
+    values = {value for _, value in lines}
+    if len(values) != 1:
+        _ignore("retry-after", ", ".join(value for _, value in lines), "conflicting repeated")
+        return None
+    raw = values.pop()
+    if _NUMBER_RE.fullmatch(raw):
+        return _sane("retry-after", raw, float(raw))
+    seconds = _http_date("retry-after", raw, now)
+    if seconds is not None:
+        return seconds
+    if "," in raw:  # "30, 30": a repeated header joined by the client library
+        return _number(fields.single("retry-after"))
+    _ignore("retry-after", raw)
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Structured fields (RFC 9651) through http_sf
+
+
+def _sf_parse(name: str, raw: str, tltype: str, *, quiet: bool = False) -> object | None:
+    """Parse a structured field; None (logged unless ``quiet``) when malformed or ambiguous."""
+    try:
+        data = raw.encode("ascii")
+    except UnicodeEncodeError:
+        if not quiet:
+            _ignore(name, raw, "non-ASCII")
+        return None
+    duplicates: list[str] = []
+    try:
+        parsed = http_sf.parse(data, tltype=tltype, on_duplicate_key=lambda key, _ctx: duplicates.append(key))
+    except (http_sf.StructuredFieldError, ValueError, ArithmeticError):
+        if not quiet:
+            _ignore(name, raw)
+        return None
+    if duplicates:
+        # Repeated keys mean joined or contradictory lines: we can't tell which one is current.
+        if not quiet:
+            _ignore(name, raw, "duplicate-key")
+        return None
+    return parsed
+
+
+def _sf_number(name: str, value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
+        if value is not None:
+            _ignore(name, value, "non-numeric")
+        return None
+    return _sane(name, value, float(value))
+
+
+def _sf_reset(name: str, value: object, now: float) -> float | None:
+    seconds = _sf_number(name, value)
+    return None if seconds is None else _from_magnitude(name, value, seconds, now)
+
+
+def _sf_members(parsed: object) -> list[tuple[object, dict[str, object]]]:
+    """The (value, params) members of a parsed List; inner lists are skipped."""
+    members: list[tuple[object, dict[str, object]]] = []
+    if not isinstance(parsed, list):
+        return members
+    for member in parsed:
+        if isinstance(member, tuple) and len(member) == 2 and isinstance(member[1], dict):
+            value, params = member
+            if not isinstance(value, list):
+                members.append((value, dict(params)))
+    return members
+
+
+def _policy_name(value: object) -> str | None:
+    if isinstance(value, (str, http_sf.Token)):
+        return str(value)
+    return None
+
+
+def _is_numeric(value: object) -> bool:
+    return isinstance(value, (int, Decimal)) and not isinstance(value, bool)
+
+
+def _unique_by_name(
+    field: str, entries: list[tuple[str, tuple[float | None, float | None]]]
+) -> dict[str, tuple[float | None, float | None]]:
+    """Named entries; a name repeated with different values is ambiguous and dropped."""
+    result: dict[str, tuple[float | None, float | None]] = {}
+    conflicting: set[str] = set()
+    for name, values in entries:
+        if name in result and result[name] != values:
+            conflicting.add(name)
+        result.setdefault(name, values)
+    for name in conflicting:
+        _ignore(field, name, "conflicting policy")
+        del result[name]
+    return result
+
+
+class _RateLimitField:
+    """The ``RateLimit`` field, in whichever of its two shapes it came."""
+
+    __slots__ = ("dictionary", "named")
+
+    def __init__(self, fields: _Fields) -> None:
+        #: structured (-08+): policy name -> (remaining, reset); raw, before validation
+        self.named: list[tuple[object, dict[str, object]]] = []
+        #: draft-07 dictionary: limit/remaining/reset
+        self.dictionary: dict[str, object] = {}
+        raw = fields.joined("ratelimit")
+        if raw is None:
+            return
+        as_list = _sf_parse("ratelimit", raw, "list", quiet=True)
+        members = _sf_members(as_list)
+        if members and all(_policy_name(value) is not None for value, _ in members):
+            self.named = members
+            return
+        as_dict = _sf_parse("ratelimit", raw, "dictionary")
+        if isinstance(as_dict, dict) and as_dict:
+            for key, member in as_dict.items():
+                if isinstance(member, tuple) and len(member) == 2:
+                    self.dictionary[key] = member[0]
+        elif as_dict is not None:
+            _ignore("ratelimit", raw)
+
+
+_Policies = tuple[list[tuple[str, dict[str, object]]], list[tuple[object, dict[str, object]]]]
+
+
+def _parse_policies(fields: _Fields) -> _Policies:
+    """RateLimit-Policy members split into (named -08+ policies, numeric older policies)."""
+    named: list[tuple[str, dict[str, object]]] = []
+    numeric: list[tuple[object, dict[str, object]]] = []
+    raw = fields.joined("ratelimit-policy")
+    if raw is None:
+        return named, numeric
+    for value, params in _sf_members(_sf_parse("ratelimit-policy", raw, "list")):
+        name = _policy_name(value)
+        if name is not None:
+            named.append((name, params))
+        elif _is_numeric(value):
+            numeric.append((value, params))
+        else:
+            _ignore("ratelimit-policy", value, "unrecognised member")
+    return named, numeric
+
+
+# --------------------------------------------------------------------------------------------
+# Families
+
+
+def _ietf_structured(fields: _Fields, now: float) -> _Quota | None:
+    named_policies, _ = fields.policies()
+    policies = _unique_by_name(
+        "ratelimit-policy",
+        [
+            (
+                name,
+                (
+                    # "l" was the quota parameter in an intermediate editor's draft.
+                    _sf_number("ratelimit-policy", params.get("q", params.get("l"))),
+                    _sf_number("ratelimit-policy", params.get("w")),
+                ),
+            )
+            for name, params in named_policies
+        ],
+    )
+    entries: list[tuple[str, tuple[float | None, float | None]]] = []
+    for value, params in fields.ratelimit().named:
+        name = _policy_name(value)
+        remaining = _sf_number("ratelimit", params.get("r"))
+        if name is None or remaining is None:
+            _ignore("ratelimit", (value, params), "incomplete policy")
+            continue
+        reset = _sf_reset("ratelimit", params["t"], now) if "t" in params else None
+        entries.append((name, (remaining, reset)))
+    states = _unique_by_name("ratelimit", entries)
+
+    if states:
+        # The binding policy: least remaining; on a tie, the longest wait until reset.
+        def binding_key(item: tuple[str, tuple[float | None, float | None]]) -> tuple[float, float]:
+            remaining, reset = item[1]
+            return (remaining if remaining is not None else math.inf, -(reset if reset is not None else -1.0))
+
+        name, (remaining, reset) = min(states.items(), key=binding_key)
+        limit, window = policies.get(name, (None, None))
+        return _Quota(limit=limit, remaining=remaining, reset_after=reset, window=window)
+    if len(policies) == 1:
+        # A lone policy without current state still tells the quota and the window.
+        ((limit, window),) = policies.values()
+        return _Quota(limit=limit, window=window)
+    return None
+
+
+def _ietf_older(fields: _Fields, now: float) -> _Quota | None:
+    dictionary = fields.ratelimit().dictionary
+    limit = _sf_number("ratelimit", dictionary.get("limit"))
+    remaining = _sf_number("ratelimit", dictionary.get("remaining"))
+    reset = _sf_reset("ratelimit", dictionary["reset"], now) if "reset" in dictionary else None
+
+    # Quota policies: RateLimit-Policy: 100;w=60, 1000;w=3600 ("window=" in the earliest drafts).
+    _, numeric_policies = fields.policies()
+    policies: list[tuple[float | None, float | None]] = []
+
+    limit_lines = fields.lines("ratelimit-limit")
+    if limit is None and limit_lines:
+        if any(";" in value for _, value in limit_lines):
+            # Drafts -00 to -03 allowed "RateLimit-Limit: 10, 10;w=1, 1000;w=3600": the first
+            # member is the current limit, the others are quota policies.
+            joined = ", ".join(value for _, value in limit_lines)
+            members = _sf_members(_sf_parse("ratelimit-limit", joined, "list"))
+            if members and _is_numeric(members[0][0]):
+                limit = _sf_number("ratelimit-limit", members[0][0])
+                numeric_policies = members + numeric_policies
+            elif members:
+                _ignore("ratelimit-limit", joined)
+        else:
+            limit = _number(fields.single("ratelimit-limit"))
+    if remaining is None:
+        remaining = _number(fields.single("ratelimit-remaining"))
+    if reset is None:
+        reset = _reset(fields.single("ratelimit-reset"), now)
+
+    for value, params in numeric_policies:
+        quota = _sf_number("ratelimit-policy", value)
+        policy_window = _sf_number("ratelimit-policy", params.get("w", params.get("window")))
+        if quota is not None:
+            policies.append((quota, policy_window))
+
+    window: float | None = None
+    if limit is None and len(set(policies)) == 1:
+        limit, window = policies[0]
+    elif limit is not None:
+        window = next((w for q, w in policies if q == limit and w is not None), None)
+    return _Quota(limit=limit, remaining=remaining, reset_after=reset, window=window)
+
+
+def _openai(fields: _Fields, now: float) -> _Quota | None:
+    # Requests are the primary limit; tokens only when no request header says anything.
+    for kind in _OPENAI_KINDS:
+        quota = _Quota(
+            limit=_number(fields.single(f"x-ratelimit-limit-{kind}")),
+            remaining=_number(fields.single(f"x-ratelimit-remaining-{kind}")),
+            reset_after=_duration(fields.single(f"x-ratelimit-reset-{kind}")),
+        )
+        if quota.known:
+            return quota
+    return None
+
+
+def _anthropic(fields: _Fields, now: float) -> _Quota | None:
+    for kind in _ANTHROPIC_KINDS:
+        prefix = f"anthropic-ratelimit-{kind}-"
+        quota = _Quota(
+            limit=_number(fields.single(prefix + "limit")),
+            remaining=_number(fields.single(prefix + "remaining")),
+            reset_after=_reset(fields.single(prefix + "reset"), now),
+        )
+        if quota.known:
+            return quota
+    return None
+
+
+def _shopify(fields: _Fields, now: float) -> _Quota | None:
+    field = fields.single("x-shopify-shop-api-call-limit")
+    if field is None:
+        return None
+    name, raw = field
+    match = _SHOPIFY_RE.fullmatch(raw)
+    if match is None:
+        _ignore(name, raw)
+        return None
+    used = _sane(name, raw, float(match.group(1)))
+    limit = _sane(name, raw, float(match.group(2)))
+    if used is None or limit is None or used > limit:
+        _ignore(name, raw, "inconsistent")
+        return None
+    return _Quota(limit=limit, remaining=limit - used)
+
+
+def _x_ratelimit(fields: _Fields, now: float) -> _Quota | None:
+    def aliases(suffix: str) -> tuple[str, ...]:
+        return tuple(prefix + suffix for prefix in _X_PREFIXES)
+
+    limit = _number(fields.single(*aliases("limit")))
+    remaining = _number(fields.single(*aliases("remaining")))
+    used = _number(fields.single(*aliases("used")))
+    # Discord's Reset-After (seconds, relative) is immune to clock skew: prefer it.
+    reset = _number(fields.single(*aliases("reset-after")))
+    if reset is None:
+        reset = _reset(fields.single(*aliases("reset")), now)
+    if used is not None:
+        if limit is None and remaining is not None:
+            limit = _sane("x-ratelimit-used", used, used + remaining)
+        elif remaining is None and limit is not None and used <= limit:
+            remaining = limit - used
+    return _Quota(limit=limit, remaining=remaining, reset_after=reset)
