@@ -10,7 +10,7 @@ import os
 import string
 import threading
 from collections.abc import Callable, Generator, Mapping
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from ._config import Config, LimiterConfig, find_config, limiter_config, parse_config, read_config
 from ._exceptions import ConfigurationError, UnknownLimiterError, UnknownStoreError
@@ -22,7 +22,6 @@ __all__ = ["DEFAULT_STORE_ID", "Registry", "default_registry", "rate_limited"]
 #: The store a limiter uses when it names none: an in-process memory store.
 DEFAULT_STORE_ID = "default"
 
-P = ParamSpec("P")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -309,14 +308,14 @@ def rate_limited(
         if inspect.iscoroutinefunction(func):
 
             @functools.wraps(func)
-            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 async with (reg or default_registry).acquire(resolve(args, kwargs), timeout=timeout, cost=cost):
                     return await func(*args, **kwargs)
 
             return cast(F, async_wrapper)
 
         @functools.wraps(func)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
             with (reg or default_registry).acquire(resolve(args, kwargs), timeout=timeout, cost=cost):
                 return func(*args, **kwargs)
 
