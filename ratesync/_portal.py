@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import os
 import threading
 import weakref
@@ -103,10 +104,9 @@ class Portal:
                 return
             self._loop = self._thread = None
         if cleanup is not None and thread.is_alive():
-            try:
+            # Closing must not fail the caller: a pool that cannot close cleanly is dropped with the loop.
+            with contextlib.suppress(Exception):
                 asyncio.run_coroutine_threadsafe(cleanup(), loop).result(timeout)
-            except Exception:  # noqa: BLE001 - closing must not fail the caller
-                pass
         loop.call_soon_threadsafe(loop.stop)
         if threading.current_thread() is not thread:
             thread.join(timeout)
