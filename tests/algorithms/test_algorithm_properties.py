@@ -1,0 +1,291 @@
+"""Properties of the pure reference algorithms (hypothesis): the definition every store ports."""
+
+from __future__ import annotations
+
+import bisect
+import math
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ratesync._algorithms import (
+    EPSILON,
+    FixedWindow,
+    Observation,
+    Quota,
+    QuotaState,
+    SlidingWindow,
+    TokenBucket,
+    decide,
+    fixed_window,
+    lease_acquire,
+    peek,
+    quota,
+    quota_observe,
+    sliding_window,
+    state_ttl,
+    token_bucket,
+)
+
+# Steps between calls: often zero (a burst at one instant), sometimes long (idle).
+steps = st.lists(
+    st.tuples(
+        st.one_of(st.just(0.0), st.floats(0.0, 0.5), st.floats(0.5, 5.0)),
+        st.integers(1, 3),
+        st.sampled_from([0.0, 0.0, 0.3, 2.0, math.inf]),
+    ),
+    min_size=1,
+    max_size=60,
+)
+
+
+def run(algorithm: Any, spec: Any, ops: list[tuple[float, int, float]]) -> list[tuple[float, int]]:
+    """Apply ``ops`` (step, cost, max_wait); return (time the call goes, cost) of admitted calls."""
+    state: Any = None
+    now = 0.0
+    admitted = []
+    for step, cost, max_wait in ops:
+        now += step
+        d, new_state = algorithm(state, now, cost, spec, max_wait)
+        if d.allowed:
+            assert d.wait <= max_wait + EPSILON
+            admitted.append((now + d.wait, cost))
+            state = new_state
+        else:
+            assert d.wait > max_wait
+            assert new_state == state, "a refused call must not change the state"
+    return admitted
+
+
+def max_cost_in_window(admitted: list[tuple[float, int]], length: float, closed: bool) -> int:
+    """Largest total cost of calls in any window of ``length`` (half-open, or closed)."""
+    admitted = sorted(admitted)
+    times = [t for t, _ in admitted]
+    best = 0
+    for i, (t, _) in enumerate(admitted):
+        end = t + length
+        j = bisect.bisect_right(times, end + EPSILON) if closed else bisect.bisect_left(times, end - EPSILON)
+        best = max(best, sum(c for _, c in admitted[i:j]))
+    return best
+
+
+@given(
+    ops=steps,
+    rate=st.sampled_from([0.5, 1.0, 3.0, 10.0]),
+    burst=st.integers(1, 5),
+)
+@settings(max_examples=300, deadline=None)
+def test_token_bucket_never_exceeds_burst_plus_rate(ops: Any, rate: float, burst: int) -> None:
+    spec = TokenBucket(rate, burst)
+    ops = [(s, min(c, burst), w) for s, c, w in ops]
+    admitted = run(token_bucket, spec, ops)
+    # At one instant: never more than the burst.
+    at_once: dict[float, int] = {}
+    for t, c in admitted:
+        at_once[round(t, 6)] = at_once.get(round(t, 6), 0) + c
+    assert max(at_once.values(), default=0) <= burst
+    # Over any window of length L: at most burst + L * rate (GCRA's bound).
+    for length in (0.5, 1.0, 3.0):
+        assert max_cost_in_window(admitted, length, closed=False) <= burst + math.floor(length * rate + EPSILON)
+
+
+@given(ops=steps, limit=st.integers(1, 6), window=st.sampled_from([1.0, 2.5, 10.0]))
+@settings(max_examples=300, deadline=None)
+def test_sliding_window_never_exceeds_limit_in_any_window(ops: Any, limit: int, window: float) -> None:
+    spec = SlidingWindow(limit, window)
+    ops = [(s, min(c, limit), w) for s, c, w in ops]
+    admitted = run(sliding_window, spec, ops)
+    # An entry at e counts in (t - W, t]: any half-open window of length W holds at most `limit`.
+    assert max_cost_in_window(admitted, window, closed=False) <= limit
+
+
+@given(ops=steps, limit=st.integers(1, 6), window=st.sampled_from([1.0, 2.5, 10.0]))
+@settings(max_examples=300, deadline=None)
+def test_fixed_window_never_exceeds_limit_per_aligned_window(ops: Any, limit: int, window: float) -> None:
+    spec = FixedWindow(limit, window)
+    ops = [(s, min(c, limit), w) for s, c, w in ops]
+    admitted = run(fixed_window, spec, ops)
+    per_window: dict[int, int] = {}
+    for t, c in admitted:
+        index = math.floor(t / window + EPSILON)
+        per_window[index] = per_window.get(index, 0) + c
+    assert max(per_window.values(), default=0) <= limit
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "spec"),
+    [
+        (token_bucket, TokenBucket(2.0, 3)),
+        (sliding_window, SlidingWindow(3, 5.0)),
+        (fixed_window, FixedWindow(3, 5.0)),
+    ],
+)
+@given(ops=steps)
+@settings(max_examples=150, deadline=None)
+def test_retry_after_is_exact(algorithm: Any, spec: Any, ops: Any) -> None:
+    """A refused call is admitted exactly ``wait`` later, and not a moment before."""
+    state: Any = None
+    now = 0.0
+    for step, cost, max_wait in ops:
+        now += step
+        cost = min(cost, 3)
+        d, new_state = algorithm(state, now, cost, spec, max_wait)
+        if d.allowed:
+            state = new_state
+            continue
+        later, _ = algorithm(state, now + d.wait, cost, spec, 0.0)
+        assert later.allowed, (state, now, d)
+        if d.wait > 1e-6:
+            earlier, _ = algorithm(state, now + d.wait - 1e-6, cost, spec, 0.0)
+            assert not earlier.allowed
+        state = new_state
+
+
+@given(ops=steps, rate=st.sampled_from([1.0, 4.0]), burst=st.integers(1, 6))
+@settings(max_examples=150, deadline=None)
+def test_cost_is_charged_in_full(ops: Any, rate: float, burst: int) -> None:
+    spec = FixedWindow(burst * 2, 1000.0)
+    state: Any = None
+    charged = 0
+    for _, cost, _ in ops:
+        d, new_state = fixed_window(state, 0.0, cost, spec, 0.0)
+        if d.allowed:
+            charged += cost
+            assert d.remaining == spec.limit - charged
+            state = new_state
+    assert charged <= spec.limit
+
+
+@given(ops=steps)
+@settings(max_examples=200, deadline=None)
+def test_combined_limits_all_or_nothing(ops: Any) -> None:
+    specs = [TokenBucket(2.0, 3), SlidingWindow(4, 5.0), FixedWindow(5, 7.0)]
+    states: list[Any] = [None, None, None]
+    now = 0.0
+    for step, cost, max_wait in ops:
+        now += step
+        cost = min(cost, 3)
+        d, new_states = decide(states, now, cost, specs, max_wait)
+        if not d.allowed:
+            assert new_states == states
+            assert d.wait > max_wait
+            continue
+        # Admitted: every limit on its own admits the call at the time it goes.
+        for spec, state in zip(specs, states):
+            alone = {TokenBucket: token_bucket, SlidingWindow: sliding_window, FixedWindow: fixed_window}[type(spec)]
+            single, _ = alone(state, now + d.wait, cost, spec, 0.0)
+            assert single.allowed
+        states = new_states
+
+
+def test_combined_picks_the_latest_limit_and_charges_each_once() -> None:
+    specs = [TokenBucket(1.0, 1), FixedWindow(10, 100.0)]
+    d1, s1 = decide([None, None], 0.0, 1, specs, 0.0)
+    assert d1.allowed and d1.wait == 0.0
+    d2, s2 = decide(s1, 0.0, 1, specs, 5.0)
+    assert d2.allowed and d2.wait == pytest.approx(1.0)
+    assert s2[1] == (0.0, 2)
+    refused, s3 = decide(s2, 0.0, 1, specs, 0.5)
+    assert not refused.allowed and refused.wait == pytest.approx(2.0)
+    assert s3 == s2
+
+
+def test_token_bucket_reservations_are_fifo() -> None:
+    spec = TokenBucket(10.0, 1)
+    state = None
+    waits = []
+    for _ in range(5):
+        d, state = token_bucket(state, 0.0, 1, spec, math.inf)
+        waits.append(d.wait)
+    assert waits == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
+
+
+def test_cost_above_capacity_is_never_admitted_by_windows() -> None:
+    d, state = sliding_window(None, 0.0, 5, SlidingWindow(3, 1.0), math.inf)
+    assert not d.allowed and d.wait == math.inf and state is None
+    d2, state2 = fixed_window(None, 0.0, 5, FixedWindow(3, 1.0), math.inf)
+    assert not d2.allowed and d2.wait == math.inf and state2 is None
+
+
+def test_peek_consumes_nothing_and_counts_the_call_unspent() -> None:
+    spec = [FixedWindow(3, 10.0)]
+    _, states = decide([None], 0.0, 1, spec)
+    p = peek(states, 0.0, spec)
+    assert p.allowed and p.remaining == 2
+    assert peek(states, 0.0, spec) == p
+
+
+def test_state_ttl_means_no_state_after() -> None:
+    spec = TokenBucket(2.0, 4)
+    d, state = token_bucket(None, 10.0, 3, spec)
+    ttl = state_ttl(state, 10.0, spec)
+    assert ttl == pytest.approx(1.5)
+    fresh, _ = token_bucket(None, 10.0 + ttl, 4, spec)
+    after, _ = token_bucket(state, 10.0 + ttl, 4, spec)
+    assert fresh == after
+
+
+def test_quota_blocks_until_reset_then_rolls_with_known_window() -> None:
+    spec = Quota()
+    state = quota_observe(None, 0.0, Observation(remaining=1, reset_after=10.0, limit=3, window=10.0), spec)
+    assert state == QuotaState(10.0, 1, 3, 10.0)
+    d, state = quota(state, 0.0, 1, spec)
+    assert d.allowed and d.remaining == 0
+    refused, _ = quota(state, 5.0, 1, spec)
+    assert not refused.allowed and refused.wait == pytest.approx(5.0)
+    # After the reset, the mirror knows the next window holds 3 calls, not an unbounded herd.
+    admitted = 0
+    for _ in range(10):
+        d, new_state = quota(state, 10.5, 1, spec)
+        if d.allowed:
+            admitted += 1
+            state = new_state
+    assert admitted == 3
+
+
+def test_quota_reservations_queue_into_next_window() -> None:
+    spec = Quota()
+    state = quota_observe(None, 0.0, Observation(remaining=0, reset_after=4.0, limit=2, window=10.0), spec)
+    waits = []
+    for _ in range(5):
+        d, state = quota(state, 0.0, 1, spec, math.inf)  # type: ignore[arg-type]
+        waits.append(d.wait)
+    assert waits == pytest.approx([4.0, 4.0, 14.0, 14.0, 24.0])
+
+
+def test_quota_observe_same_window_only_lowers_remaining() -> None:
+    spec = Quota()
+    state = quota_observe(None, 0.0, Observation(remaining=10, reset_after=60.0, limit=100), spec)
+    state = quota_observe(state, 0.1, Observation(remaining=40, reset_after=59.9, limit=100), spec)
+    assert state is not None and state.remaining == 10
+    state = quota_observe(state, 0.2, Observation(remaining=5, reset_after=59.8, limit=100), spec)
+    assert state is not None and state.remaining == 5
+    # A new window (reset well after the known one) replaces it.
+    state = quota_observe(state, 61.0, Observation(remaining=99, reset_after=60.0, limit=100), spec)
+    assert state is not None and state.remaining == 99 and state.reset_at == pytest.approx(121.0)
+
+
+def test_quota_cooldown_is_capped_and_never_shortened() -> None:
+    spec = Quota(max_cooldown=30.0)
+    state = quota_observe(None, 0.0, Observation(remaining=0, reset_after=1e12), spec)
+    assert state is not None and state.reset_at == 30.0
+    shorter = quota_observe(state, 1.0, Observation(remaining=0, reset_after=2.0), spec)
+    assert shorter is not None and shorter.reset_at == 30.0
+
+
+def test_quota_with_nothing_learned_admits() -> None:
+    d, state = quota(None, 0.0, 5, Quota())
+    assert d.allowed and d.wait == 0.0 and state is None
+
+
+def test_leases() -> None:
+    d1, leases = lease_acquire({}, 0.0, 2, 10.0, "a")
+    d2, leases = lease_acquire(leases, 1.0, 2, 10.0, "b")
+    d3, leases = lease_acquire(leases, 2.0, 2, 10.0, "c")
+    assert d1.acquired and d2.acquired and not d3.acquired
+    assert d3.retry_after == pytest.approx(8.0)
+    # "a" expires at 10: its slot comes back without anyone releasing it.
+    d4, leases = lease_acquire(leases, 10.5, 2, 10.0, "c")
+    assert d4.acquired and set(leases) == {"b", "c"}
