@@ -460,20 +460,26 @@ class Limiter:
             await self._waiters.wait_async(pause)
 
     def _release_sync(self, lease_key: str, lease_id: str) -> None:
+        # Count the slot as free before the store frees it, so the metrics never show a waiter
+        # that got the slot overlapping with the holder that gave it up.
+        self._uncount()
         try:
             self.store.lease_release(lease_key, lease_id)
         finally:
-            self._released()
+            self._wake()
 
     async def _release_async(self, lease_key: str, lease_id: str) -> None:
+        self._uncount()
         try:
             await asyncio.shield(self.store.alease_release(lease_key, lease_id))
         finally:
-            self._released()
+            self._wake()
 
-    def _released(self) -> None:
+    def _uncount(self) -> None:
         with self._lock:
             self._concurrent -= 1
+
+    def _wake(self) -> None:
         if self._waiters is not None:
             self._waiters.notify()
 
