@@ -51,6 +51,7 @@ RETRY_AFTER_STATUSES: Final[frozenset[int]] = frozenset({403, 429, 503})
 
 _TOO_MANY_REQUESTS: Final = 429
 _LOG_VALUE_MAX: Final = 80
+_OWS: Final = " \t"  # HTTP optional whitespace: nothing else is stripped
 
 # ASCII-only on purpose: int()/float() accept Arabic-Indic, fullwidth, ... digits, "nan",
 # "inf", "1e3", "1_000" and surrounding whitespace; none of that is a valid header number.
@@ -117,9 +118,7 @@ class RateLimitInfo:
 HeadersLike = Mapping[str, str] | Iterable[tuple[str, str]]
 
 
-def parse_rate_limit_headers(
-    headers: HeadersLike, *, status: int = 200, now: float | None = None
-) -> RateLimitInfo:
+def parse_rate_limit_headers(headers: HeadersLike, *, status: int = 200, now: float | None = None) -> RateLimitInfo:
     """Parse the rate-limit headers of an HTTP response.
 
     ``headers`` may be ``httpx.Headers`` (repeated headers are seen through
@@ -134,7 +133,7 @@ def parse_rate_limit_headers(
         now = time.time()
     try:
         return _parse(headers, status, now)
-    except Exception:  # noqa: BLE001  # pragma: no cover - last-resort safety net, logged
+    except Exception:  # pragma: no cover - last-resort safety net, logged
         _log.warning("unexpected error while parsing rate-limit headers; ignoring them", exc_info=True)
         return RateLimitInfo(blocked=status == _TOO_MANY_REQUESTS)
 
@@ -272,7 +271,7 @@ class _Fields:
             if name is None or value is None:
                 _ignore("(pair)", pair, "non-text")
                 continue
-            lines.setdefault(name.strip().lower(), []).append(value.strip())
+            lines.setdefault(name.strip(_OWS).lower(), []).append(value.strip(_OWS))
         return cls(lines)
 
     def lines(self, *names: str) -> list[tuple[str, str]]:
@@ -288,7 +287,7 @@ class _Fields:
         lines = self.lines(*names)
         if not lines:
             return None
-        parts = {part.strip() for _, value in lines for part in value.split(",")}
+        parts = {part.strip(_OWS) for _, value in lines for part in value.split(",")}
         name = lines[0][0]
         if len(parts) != 1:
             _ignore(name, ", ".join(value for _, value in lines), "conflicting repeated")
@@ -510,7 +509,7 @@ class _RateLimitField:
     __slots__ = ("dictionary", "named")
 
     def __init__(self, fields: _Fields) -> None:
-        #: structured (-08+): policy name -> (remaining, reset); raw, before validation
+        #: structured (-08+): the (name, params) members, not yet validated
         self.named: list[tuple[object, dict[str, object]]] = []
         #: draft-07 dictionary: limit/remaining/reset
         self.dictionary: dict[str, object] = {}
@@ -618,7 +617,7 @@ def _ietf_older(fields: _Fields, now: float) -> _Quota | None:
             members = _sf_members(_sf_parse("ratelimit-limit", joined, "list"))
             if members and _is_numeric(members[0][0]):
                 limit = _sf_number("ratelimit-limit", members[0][0])
-                numeric_policies = members + numeric_policies
+                numeric_policies = members[1:] + numeric_policies
             elif members:
                 _ignore("ratelimit-limit", joined)
         else:
