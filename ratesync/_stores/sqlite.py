@@ -1,0 +1,838 @@
+"""The SQLite store: limits shared by the processes of one machine, kept across restarts, no server.
+
+Every operation is one short transaction on a database file: ``BEGIN IMMEDIATE`` (the write lock,
+so two processes never both read the old state and one update is lost), read the state, run the
+pure reference function of ``ratesync._algorithms`` on it, write the new state, ``COMMIT``. The
+file is in WAL mode (readers never block the writer) with ``synchronous = NORMAL`` (a commit
+survives a crash of the process; a power loss may lose the last few milliseconds of charges, which
+a rate limiter can afford) and a generous busy timeout, so processes queue for the write lock
+instead of failing with ``database is locked``.
+
+The sync side needs only the standard library (``sqlite3``); the async side runs the very same
+operations through ``aiosqlite`` (imported on first async use). Both sides of one store share the
+file, so they share the limits. Time is ``time.time()`` of the machine: all the processes of one
+machine read the same clock.
+
+Operations are written once, as generators that yield SQL statements and receive their rows
+(``_Op``); a sync driver runs them on ``sqlite3`` and an async driver on ``aiosqlite``, which is
+what keeps the two sides' behaviour identical.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+from urllib.parse import urlsplit
+
+from .._algorithms import (
+    Decision,
+    FixedWindow,
+    LeaseDecision,
+    Observation,
+    Quota,
+    QuotaState,
+    SlidingWindow,
+    Spec,
+    TokenBucket,
+    decide,
+    lease_acquire,
+    peek,
+    quota_observe,
+    state_ttl,
+)
+from .._exceptions import ConfigurationError, MissingDependencyError, StoreError
+from ._base import OnError, Slot, Store
+
+if TYPE_CHECKING:
+    import aiosqlite
+
+__all__ = ["SQLiteStore", "parse_sqlite_url"]
+
+logger = logging.getLogger("ratesync")
+
+T = TypeVar("T")
+
+#: One statement of an operation: SQL, parameters, and whether it is an ``executemany``.
+_Request: TypeAlias = tuple[str, Any, bool]
+#: An operation: yields statements, receives each one's rows, returns its result.
+_Op: TypeAlias = Generator[_Request, list[Any], T]
+
+MEMORY = ":memory:"
+
+# -- schema and statements (constants: sqlite3 caches prepared statements by their text) -------
+
+STATE_TABLE = "ratesync_state"
+LEASE_TABLE = "ratesync_leases"
+
+SCHEMA = (
+    # One row per limit key. ``kind`` says which algorithm wrote it (a key whose limit changed
+    # kind starts afresh instead of feeding one algorithm another's state). The token bucket's
+    # state, one float, lives in the typed column ``num`` (no JSON on the hottest path); the other
+    # algorithms' states are JSON in ``data``. ``expires_at`` (store clock) is when the state
+    # starts to mean the same as no state: rows past it are ignored and swept.
+    f"CREATE TABLE IF NOT EXISTS {STATE_TABLE} ("
+    " key TEXT PRIMARY KEY NOT NULL,"
+    " kind INTEGER NOT NULL,"
+    " num REAL,"
+    " data TEXT,"
+    " expires_at REAL NOT NULL"
+    ") WITHOUT ROWID",
+    # One row per concurrency lease.
+    f"CREATE TABLE IF NOT EXISTS {LEASE_TABLE} ("
+    " key TEXT NOT NULL,"
+    " lease_id TEXT NOT NULL,"
+    " expires_at REAL NOT NULL,"
+    " PRIMARY KEY (key, lease_id)"
+    ") WITHOUT ROWID",
+)
+
+SQL_GET = f"SELECT kind, num, data, expires_at FROM {STATE_TABLE} WHERE key = ?"
+SQL_PUT = f"INSERT OR REPLACE INTO {STATE_TABLE} (key, kind, num, data, expires_at) VALUES (?, ?, ?, ?, ?)"
+SQL_DELETE = f"DELETE FROM {STATE_TABLE} WHERE key = ?"
+SQL_LEASES = f"SELECT lease_id, expires_at FROM {LEASE_TABLE} WHERE key = ?"
+SQL_LEASE_PUT = f"INSERT OR REPLACE INTO {LEASE_TABLE} (key, lease_id, expires_at) VALUES (?, ?, ?)"
+SQL_LEASE_DELETE = f"DELETE FROM {LEASE_TABLE} WHERE key = ? AND lease_id = ?"
+
+#: The sweep walks each table in key order, ``_SWEEP_ROWS`` rows every ``_SWEEP_EVERY`` rows
+#: written, deleting what has expired. Visiting more rows than are written keeps the table within
+#: a small multiple of its live keys whatever the churn of keys, at a cost bounded per sweep (a
+#: range scan of the primary key: no index on ``expires_at`` to update on every write).
+_SWEEP_EVERY = 128
+_SWEEP_ROWS = 512
+SQL_SWEEP_END = {
+    table: f"SELECT key FROM {table} WHERE key > ? ORDER BY key LIMIT 1 OFFSET {_SWEEP_ROWS - 1}"
+    for table in (STATE_TABLE, LEASE_TABLE)
+}
+SQL_SWEEP_RANGE = {
+    table: f"DELETE FROM {table} WHERE key > ? AND key <= ? AND expires_at <= ?" for table in (STATE_TABLE, LEASE_TABLE)
+}
+SQL_SWEEP_TAIL = {
+    table: f"DELETE FROM {table} WHERE key > ? AND expires_at <= ?" for table in (STATE_TABLE, LEASE_TABLE)
+}
+
+
+def _placeholders(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+_GET_MANY: dict[int, str] = {}
+_DELETE_MANY: dict[int, str] = {}
+
+
+def _sql_get_many(n: int) -> str:
+    sql = _GET_MANY.get(n)
+    if sql is None:
+        sql = f"SELECT key, kind, num, data, expires_at FROM {STATE_TABLE} WHERE key IN ({_placeholders(n)})"
+        if n <= 64:
+            _GET_MANY[n] = sql
+    return sql
+
+
+def _sql_delete_many(table: str, n: int) -> str:
+    sql = _DELETE_MANY.get(n) if table == STATE_TABLE else None
+    if sql is None:
+        sql = f"DELETE FROM {table} WHERE key IN ({_placeholders(n)})"
+        if table == STATE_TABLE and n <= 64:
+            _DELETE_MANY[n] = sql
+    return sql
+
+
+# -- state encoding -----------------------------------------------------------------------------
+
+_TOKEN_BUCKET, _SLIDING_WINDOW, _FIXED_WINDOW, _QUOTA = 1, 2, 3, 4
+_KINDS: dict[type[Any], int] = {
+    TokenBucket: _TOKEN_BUCKET,
+    SlidingWindow: _SLIDING_WINDOW,
+    FixedWindow: _FIXED_WINDOW,
+    Quota: _QUOTA,
+}
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+_loads = json.loads
+
+
+def _decode(spec: Spec, row: Sequence[Any] | None, now: float) -> Any:
+    """The state a row holds for ``spec`` at ``now``; None when absent, expired or of another kind.
+
+    ``row`` is ``(kind, num, data, expires_at)``.
+    """
+    if row is None or row[3] <= now:
+        return None
+    kind = _KINDS[type(spec)]
+    if row[0] != kind:
+        return None
+    if kind == _TOKEN_BUCKET:
+        return row[1]
+    data = _loads(row[2])
+    if kind == _SLIDING_WINDOW:
+        return tuple((t, c) for t, c in data)
+    if kind == _FIXED_WINDOW:
+        return (data[0], data[1])
+    return QuotaState(*data)
+
+
+def _encode(spec: Spec, state: Any) -> tuple[int, float | None, str | None]:
+    """``(kind, num, data)`` for a state; floats keep every bit (JSON writes ``repr(float)``)."""
+    kind = _KINDS[type(spec)]
+    if kind == _TOKEN_BUCKET:
+        return kind, float(state), None
+    return kind, None, _dumps(list(state))
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+
+def parse_sqlite_url(url: str) -> str:
+    """The database path of a ``sqlite://`` URL (SQLAlchemy's spelling).
+
+    ``sqlite:///relative.db`` is relative to the working directory, ``sqlite:////abs/path.db`` is
+    absolute, ``sqlite://`` and ``sqlite:///:memory:`` are an in-memory database.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ConfigurationError(f"malformed sqlite URL {url!r}: {exc}", key="url") from None
+    if parts.scheme != "sqlite":
+        raise ConfigurationError(f"expected a sqlite:/// URL, got {url!r}", key="url")
+    if parts.netloc:
+        raise ConfigurationError(
+            f"a sqlite URL has no host: use sqlite:///relative.db or sqlite:////absolute/path.db, not {url!r}",
+            key="url",
+        )
+    if parts.query or parts.fragment:
+        raise ConfigurationError(f"query parameters are not supported in a sqlite URL: {url!r}", key="url")
+    path = parts.path
+    if path in ("", "/"):
+        return MEMORY
+    # ``sqlite:///x`` has the path ``/x``: the first slash separates it from the (empty) host.
+    return path[1:]
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return (code & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+#: Connections opened before a ``fork()``, abandoned in the child: they must never be used or
+#: closed there (closing one could checkpoint or delete the parent's WAL file), and being kept
+#: here they are never garbage-collected either (which would close them).
+_ABANDONED: list[Any] = []
+
+
+@dataclass(eq=False)
+class _AsyncSide:
+    """The async connection of one store in one event loop, and the lock ordering its users."""
+
+    lock: asyncio.Lock
+    conn: aiosqlite.Connection | None = None
+
+
+class SQLiteStore(Store):
+    """Limiter state in an SQLite database file, shared by the processes of one machine.
+
+    ``path`` is the database file (created with its tables on first use), or ``":memory:"``: a
+    private database of this store and this process, for tests. ``busy_timeout`` is how long one
+    call waits for another process's write to finish before it counts as a failure of the store
+    (and the ``on_error`` policy applies). ``clock`` is the store clock in seconds, ``time.time``
+    unless a test injects its own: state is written in its terms, so every process using one file
+    must use the same clock.
+
+    Threads of one process share one connection, taken in turn under a lock (see ``_run``); each
+    event loop gets its own ``aiosqlite`` connection. After ``fork()`` the child opens its own.
+    """
+
+    engine = "sqlite"
+    OPTIONS = frozenset({"path", "url", "busy_timeout"})
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float = 5.0,
+        clock: Callable[[], float] = time.time,
+        name: str = "",
+        on_error: OnError = "closed",
+        retry_interval: float = 1.0,
+    ) -> None:
+        super().__init__(name=name, on_error=on_error, retry_interval=retry_interval)
+        text = os.fspath(path)
+        if not text:
+            raise ConfigurationError("the sqlite path must not be empty (use ':memory:' for a private database)")
+        self.path = text if text == MEMORY else os.path.expanduser(text)
+        if busy_timeout < 0:
+            raise ConfigurationError(f"busy_timeout must be zero or more seconds, not {busy_timeout!r}")
+        self.busy_timeout = float(busy_timeout)
+        self._clock = clock
+        self._memory = self.path == MEMORY
+        self._pid = os.getpid()
+        # The sync side: one connection for every thread of this process, used under ``_lock``.
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        # The async side: one aiosqlite connection per event loop (an asyncio lock belongs to one loop,
+        # and one connection cannot interleave two loops' transactions); dropped with its loop.
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncSide] = weakref.WeakKeyDictionary()
+        self._async_lock = threading.Lock()
+        # Rows written since the last sweep, and where each table's sweep resumes.
+        self._written = 0
+        self._sweep_from = {STATE_TABLE: "", LEASE_TABLE: ""}
+
+    @classmethod
+    def from_options(cls, name: str, options: dict[str, Any]) -> SQLiteStore:
+        """Build the store from a ``[stores.<name>]`` table of rate-sync.toml."""
+        from .._convert import as_float, as_str
+
+        if "path" in options and "url" in options:
+            raise ConfigurationError("give either path or url, not both", key="url")
+        if "path" in options:
+            path = as_str(options["path"], "path")
+            if not path:
+                raise ConfigurationError("must not be empty (use ':memory:' for a private database)", key="path")
+        elif "url" in options:
+            path = parse_sqlite_url(as_str(options["url"], "url"))
+        else:
+            raise ConfigurationError(
+                'the sqlite engine needs a database file: path = "/var/lib/myapp/rate-sync.db"', key="path"
+            )
+        kwargs: dict[str, Any] = {}
+        if "busy_timeout" in options:
+            kwargs["busy_timeout"] = as_float(options["busy_timeout"], "busy_timeout", allow_zero=True)
+        if "retry_interval" in options:
+            kwargs["retry_interval"] = as_float(options["retry_interval"], "retry_interval")
+        return cls(path, name=name, on_error=options.get("on_error", "closed"), **kwargs)
+
+    def describe(self) -> str:
+        return f"sqlite {self.path}"
+
+    def now(self) -> float:
+        """The store clock (seconds)."""
+        return self._clock()
+
+    def _backend_errors(self) -> tuple[type[BaseException], ...]:
+        # OperationalError: disk I/O error, disk full, unable to open the file, busy past the timeout.
+        return (*super()._backend_errors(), sqlite3.OperationalError)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def initialize(self) -> None:
+        """Open the database and create the tables now (otherwise done on first use)."""
+        self._run(_noop(), write=False)
+
+    async def ainitialize(self) -> None:
+        await self._arun(_noop(), write=False)
+
+    def close(self) -> None:
+        """Close the sync connection (the next call opens a new one). Async ones close in :meth:`aclose`."""
+        if self._pid != os.getpid():
+            self._after_fork()
+            return
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+        if self._memory:
+            # An in-memory database lives in its connection: closing it is forgetting.
+            self._written = 0
+
+    async def aclose(self) -> None:
+        """Close this store's async connections (the one of the running loop, and any left by closed loops)."""
+        if self._pid != os.getpid():
+            self._after_fork()
+            return
+        loop = asyncio.get_running_loop()
+        with self._async_lock:
+            sides = list(self._async.items())
+            self._async.clear()
+        for side_loop, side in sides:
+            conn, side.conn = side.conn, None
+            if conn is None:
+                continue
+            if side_loop is loop:
+                async with side.lock:
+                    await conn.close()
+            else:
+                # Another loop's connection: stop its thread, closing the connection after the work
+                # already queued (that loop, if still running, opens a new one on its next call).
+                conn.stop()
+
+    # -- the operations (shared by the sync and async sides) --------------------------------
+
+    def _op_acquire(self, slots: Sequence[Slot], cost: int, max_wait: float) -> _Op[Decision]:
+        now = self._clock()
+        if len(slots) == 1:
+            key, spec = slots[0]
+            rows = yield (SQL_GET, (key,), False)
+            decision, new_states = decide(
+                (_decode(spec, rows[0] if rows else None, now),), now, cost, (spec,), max_wait
+            )
+            if decision.allowed:
+                state = new_states[0]
+                if state is None:
+                    yield (SQL_DELETE, (key,), False)
+                else:
+                    kind, num, data = _encode(spec, state)
+                    yield (SQL_PUT, (key, kind, num, data, now + state_ttl(state, now, spec)), False)
+                yield from self._op_sweep(now, 1)
+            return decision
+        keys = [key for key, _ in slots]
+        rows = yield (_sql_get_many(len(keys)), keys, False)
+        found = {row[0]: row[1:] for row in rows}
+        states = [_decode(spec, found.get(key), now) for key, spec in slots]
+        decision, new_states = decide(states, now, cost, [spec for _, spec in slots], max_wait)
+        if decision.allowed:
+            puts = []
+            deletes = []
+            for (key, spec), state in zip(slots, new_states, strict=True):
+                if state is None:
+                    deletes.append(key)
+                else:
+                    kind, num, data = _encode(spec, state)
+                    puts.append((key, kind, num, data, now + state_ttl(state, now, spec)))
+            if puts:
+                yield (SQL_PUT, puts, True)
+            if deletes:
+                yield (_sql_delete_many(STATE_TABLE, len(deletes)), deletes, False)
+            yield from self._op_sweep(now, len(slots))
+        return decision
+
+    def _op_peek(self, slots: Sequence[Slot]) -> _Op[Decision]:
+        now = self._clock()
+        if len(slots) == 1:
+            key, spec = slots[0]
+            rows = yield (SQL_GET, (key,), False)
+            return peek((_decode(spec, rows[0] if rows else None, now),), now, (spec,))
+        keys = [key for key, _ in slots]
+        rows = yield (_sql_get_many(len(keys)), keys, False)
+        found = {row[0]: row[1:] for row in rows}
+        return peek([_decode(spec, found.get(key), now) for key, spec in slots], now, [spec for _, spec in slots])
+
+    def _op_observe(self, key: str, spec: Quota, obs: Observation) -> _Op[None]:
+        now = self._clock()
+        rows = yield (SQL_GET, (key,), False)
+        new_state = quota_observe(_decode(spec, rows[0] if rows else None, now), now, obs, spec)
+        if new_state is not None:
+            kind, num, data = _encode(spec, new_state)
+            yield (SQL_PUT, (key, kind, num, data, now + state_ttl(new_state, now, spec)), False)
+            yield from self._op_sweep(now, 1)
+
+    def _op_lease_acquire(self, key: str, limit: int, lease_seconds: float, lease_id: str) -> _Op[LeaseDecision]:
+        now = self._clock()
+        rows = yield (SQL_LEASES, (key,), False)
+        leases = dict(rows)
+        decision, live = lease_acquire(leases, now, limit, lease_seconds, lease_id)
+        # Write the difference: leases the reference dropped (expired ones), and new or renewed ones.
+        gone = [(key, lid) for lid in leases if lid not in live]
+        if gone:
+            yield (SQL_LEASE_DELETE, gone, True)
+        changed = [(key, lid, exp) for lid, exp in live.items() if leases.get(lid) != exp]
+        if changed:
+            yield (SQL_LEASE_PUT, changed, True)
+            yield from self._op_sweep(now, len(changed))
+        return decision
+
+    def _op_lease_release(self, key: str, lease_id: str) -> _Op[None]:
+        yield (SQL_LEASE_DELETE, (key, lease_id), False)
+
+    def _op_reset(self, keys: Sequence[str]) -> _Op[None]:
+        keys = list(keys)
+        if keys:
+            yield (_sql_delete_many(STATE_TABLE, len(keys)), keys, False)
+            yield (_sql_delete_many(LEASE_TABLE, len(keys)), keys, False)
+
+    def _op_sweep(self, now: float, written: int) -> _Op[None]:
+        """Every ``_SWEEP_EVERY`` rows written, delete the expired among the next rows of each table."""
+        self._written += written
+        if self._written < _SWEEP_EVERY:
+            return
+        self._written = 0
+        for table in (STATE_TABLE, LEASE_TABLE):
+            start = self._sweep_from[table]
+            rows = yield (SQL_SWEEP_END[table], (start,), False)
+            if rows:
+                end = rows[0][0]
+                yield (SQL_SWEEP_RANGE[table], (start, end, now), False)
+                self._sweep_from[table] = end
+            else:
+                yield (SQL_SWEEP_TAIL[table], (start, now), False)
+                self._sweep_from[table] = ""
+
+    def _op_purge(self) -> _Op[int]:
+        now = self._clock()
+        deleted = 0
+        for table in (STATE_TABLE, LEASE_TABLE):
+            yield (f"DELETE FROM {table} WHERE expires_at <= ?", (now,), False)
+            rows = yield ("SELECT changes()", (), False)
+            deleted += int(rows[0][0])
+        return deleted
+
+    def _op_count(self) -> _Op[int]:
+        now = self._clock()
+        rows = yield (f"SELECT count(*) FROM {STATE_TABLE} WHERE expires_at > ?", (now,), False)
+        return int(rows[0][0])
+
+    # -- the backend protocol ------------------------------------------------------------------
+
+    def _acquire(self, slots: Sequence[Slot], cost: int, max_wait: float) -> Decision:
+        return self._run(self._op_acquire(slots, cost, max_wait), write=True)
+
+    async def _aacquire(self, slots: Sequence[Slot], cost: int, max_wait: float) -> Decision:
+        return await self._arun(self._op_acquire(slots, cost, max_wait), write=True)
+
+    def _peek(self, slots: Sequence[Slot]) -> Decision:
+        # One SELECT is one read transaction: a consistent snapshot of every key, no write lock.
+        return self._run(self._op_peek(slots), write=False)
+
+    async def _apeek(self, slots: Sequence[Slot]) -> Decision:
+        return await self._arun(self._op_peek(slots), write=False)
+
+    def _observe(self, key: str, spec: Quota, obs: Observation) -> None:
+        self._run(self._op_observe(key, spec, obs), write=True)
+
+    async def _aobserve(self, key: str, spec: Quota, obs: Observation) -> None:
+        await self._arun(self._op_observe(key, spec, obs), write=True)
+
+    def _lease_acquire(self, key: str, limit: int, lease_seconds: float, lease_id: str) -> LeaseDecision:
+        return self._run(self._op_lease_acquire(key, limit, lease_seconds, lease_id), write=True)
+
+    async def _alease_acquire(self, key: str, limit: int, lease_seconds: float, lease_id: str) -> LeaseDecision:
+        return await self._arun(self._op_lease_acquire(key, limit, lease_seconds, lease_id), write=True)
+
+    def _lease_release(self, key: str, lease_id: str) -> None:
+        # A single DELETE is atomic by itself (autocommit).
+        self._run(self._op_lease_release(key, lease_id), write=False)
+
+    async def _alease_release(self, key: str, lease_id: str) -> None:
+        await self._arun(self._op_lease_release(key, lease_id), write=False)
+
+    def _reset(self, keys: Sequence[str]) -> None:
+        self._run(self._op_reset(keys), write=True)
+
+    async def _areset(self, keys: Sequence[str]) -> None:
+        await self._arun(self._op_reset(keys), write=True)
+
+    # -- maintenance -------------------------------------------------------------------------
+
+    def purge_expired(self) -> int:
+        """Delete every expired state and lease now; returns how many rows went.
+
+        Not needed for correctness (expired rows are ignored, and swept a few at a time as rows are
+        written); useful before a backup or after a burst of one-off keys.
+        """
+        return self._run(self._op_purge(), write=True)
+
+    def count_keys(self) -> int:
+        """How many keys hold live (unexpired) limiter state."""
+        return self._run(self._op_count(), write=False)
+
+    # -- the sync driver -----------------------------------------------------------------------
+
+    def _run(self, op: _Op[T], *, write: bool) -> T:
+        """Run ``op`` on this process's connection; ``write`` wraps it in ``BEGIN IMMEDIATE ... COMMIT``.
+
+        Threads share one connection under a lock rather than one connection each: writers are
+        serialized by SQLite's write lock anyway, and a thread waiting on a Python lock is woken
+        the moment it is released, where a connection waiting on SQLite's lock polls with sleeps
+        of 1 to 100 ms (its busy handler). It also bounds the connections (and file descriptors)
+        to one per process whatever the number of threads.
+        """
+        if self._pid != os.getpid():
+            self._after_fork()
+        with self._lock:
+            conn = self._conn
+            try:
+                if conn is None:
+                    conn = self._conn = self._open()
+                if write:
+                    self._begin(conn)
+                try:
+                    request = next(op)
+                    while True:
+                        sql, params, many = request
+                        if many:
+                            conn.executemany(sql, params)
+                            rows: list[Any] = []
+                        else:
+                            rows = conn.execute(sql, params).fetchall()
+                        request = op.send(rows)
+                except StopIteration as stop:
+                    result: T = stop.value
+                if write:
+                    conn.execute("COMMIT")
+                return result
+            except BaseException as exc:
+                if write and conn is not None and conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                self._sync_failed(exc)
+                if _needs_translation(exc):
+                    raise self._translate(exc) from exc
+                raise
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        # ``BEGIN IMMEDIATE`` takes the write lock before reading, so the state read is the state
+        # overwritten. The busy timeout makes SQLite wait for it; a few busy cases return at once
+        # without waiting (a WAL recovery in progress), so those are retried until the same deadline.
+        deadline: float | None = None
+        delay = 0.001
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.busy_timeout
+                if now >= deadline:
+                    raise
+                time.sleep(min(delay, deadline - now))
+                delay = min(delay * 2, 0.05)
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self.busy_timeout,
+            isolation_level=None,  # no implicit transactions: ours are explicit
+            check_same_thread=False,  # used by every thread, one at a time under ``_lock``
+            cached_statements=64,
+        )
+        try:
+            for sql in self._setup_statements():
+                self._retry_busy(functools.partial(conn.execute, sql))
+            self._retry_busy(lambda: self._create_schema(conn))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        self._begin(conn)
+        try:
+            for sql in SCHEMA:
+                conn.execute(sql)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _retry_busy(self, call: Callable[[], object]) -> None:
+        deadline = time.monotonic() + self.busy_timeout
+        delay = 0.001
+        while True:
+            try:
+                call()
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+
+    def _setup_statements(self) -> list[str]:
+        if self._memory:
+            return []
+        # WAL: readers (peek) never wait for the writer, and a commit appends to the log instead of
+        # rewriting pages. NORMAL: no fsync per commit in WAL mode; durable across a crash of the
+        # process, not necessarily across a power loss.
+        return ["PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL"]
+
+    def _sync_failed(self, exc: BaseException) -> None:
+        # A connection that failed for another reason than contention may be broken (the file was
+        # removed, the disk failed): drop it so that the next call opens a fresh one.
+        if _is_broken(exc):
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+
+    def _translate(self, exc: BaseException) -> StoreError:
+        return StoreError(f"store {self.name!r} ({self.describe()}) failed: {type(exc).__name__}: {exc}")
+
+    # -- the async driver ------------------------------------------------------------------------
+
+    async def _arun(self, op: _Op[T], *, write: bool) -> T:
+        """The async twin of :meth:`_run`, on this event loop's aiosqlite connection.
+
+        The statements of one operation are queued to aiosqlite's thread one by one under an
+        asyncio lock, so the transactions of this loop's tasks never interleave on the connection.
+        """
+        if self._memory:
+            # ``:memory:`` is private to one connection: the async side must use the sync one to
+            # see the same database. Its calls take microseconds (no I/O), so they run inline.
+            return self._run(op, write=write)
+        if self._pid != os.getpid():
+            self._after_fork()
+        side = self._async_side()
+        async with side.lock:
+            conn = side.conn
+            try:
+                if conn is None:
+                    conn = side.conn = await self._aopen()
+                if write:
+                    await self._abegin(conn)
+                try:
+                    request = next(op)
+                    while True:
+                        sql, params, many = request
+                        if many:
+                            await conn.executemany(sql, params)
+                            rows: list[Any] = []
+                        else:
+                            rows = list(await conn.execute_fetchall(sql, params))
+                        request = op.send(rows)
+                except StopIteration as stop:
+                    result: T = stop.value
+                if write:
+                    await conn.execute_fetchall("COMMIT")
+                return result
+            except BaseException as exc:
+                if conn is not None:
+                    if write:
+                        # Shielded: a task cancelled mid-transaction must still give the write lock
+                        # back. aiosqlite runs queued statements in order: this lands before the next BEGIN.
+                        await asyncio.shield(_arollback(conn))
+                    if _is_broken(exc):
+                        side.conn = None
+                        await _aclose_quietly(conn)
+                if _needs_translation(exc):
+                    raise self._translate(exc) from exc
+                raise
+
+    def _async_side(self) -> _AsyncSide:
+        loop = asyncio.get_running_loop()
+        side = self._async.get(loop)
+        if side is not None:
+            return side
+        with self._async_lock:
+            side = self._async.get(loop)
+            if side is None:
+                # Connections of loops that have closed since are stopped here: their threads
+                # would otherwise wait for work until the loop object is garbage-collected.
+                for other, old in list(self._async.items()):
+                    if other.is_closed():
+                        del self._async[other]
+                        if old.conn is not None:
+                            old.conn.stop()
+                            old.conn = None
+                side = self._async[loop] = _AsyncSide(asyncio.Lock())
+            return side
+
+    async def _abegin(self, conn: aiosqlite.Connection) -> None:
+        deadline: float | None = None
+        delay = 0.001
+        while True:
+            try:
+                await conn.execute_fetchall("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.busy_timeout
+                if now >= deadline:
+                    raise
+                await asyncio.sleep(min(delay, deadline - now))
+                delay = min(delay * 2, 0.05)
+
+    async def _aopen(self) -> aiosqlite.Connection:
+        try:
+            import aiosqlite
+        except ImportError:
+            raise MissingDependencyError("aiosqlite", "sqlite", "the async side of the SQLite store") from None
+        conn = aiosqlite.connect(self.path, timeout=self.busy_timeout, isolation_level=None, cached_statements=64)
+        # aiosqlite's worker thread is not a daemon: a store never closed would keep the interpreter
+        # from exiting. Ours only ever runs short transactions, so it may stop with the interpreter.
+        thread = getattr(conn, "_thread", None)
+        if isinstance(thread, threading.Thread) and not thread.is_alive():
+            thread.daemon = True
+        await conn
+        try:
+            for sql in self._setup_statements():
+                await self._aretry_busy(functools.partial(conn.execute_fetchall, sql))
+            await self._aretry_busy(lambda: self._acreate_schema(conn))
+        except BaseException:
+            await _aclose_quietly(conn)
+            raise
+        return conn
+
+    async def _acreate_schema(self, conn: aiosqlite.Connection) -> None:
+        await self._abegin(conn)
+        try:
+            for sql in SCHEMA:
+                await conn.execute_fetchall(sql)
+            await conn.execute_fetchall("COMMIT")
+        except BaseException:
+            await asyncio.shield(_arollback(conn))
+            raise
+
+    async def _aretry_busy(self, call: Callable[[], Any]) -> None:
+        deadline = time.monotonic() + self.busy_timeout
+        delay = 0.001
+        while True:
+            try:
+                await call()
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.05)
+
+    # -- fork ----------------------------------------------------------------------------------
+
+    def _after_fork(self) -> None:
+        """In a child process: forget (never use, never close) the parent's connections."""
+        with self._async_lock:
+            if self._pid == os.getpid():
+                return
+            _ABANDONED.append((self._conn, list(self._async.values())))
+            self._conn = None
+            self._async = weakref.WeakKeyDictionary()
+            # The parent's locks may have been held by a thread that does not exist here.
+            self._lock = threading.Lock()
+            self._written = 0
+            self._pid = os.getpid()
+
+
+def _noop() -> _Op[None]:
+    return
+    yield  # a generator that runs no statement
+
+
+def _is_broken(exc: BaseException) -> bool:
+    """True for a failure that may have left the connection unusable (anything but contention)."""
+    return isinstance(exc, sqlite3.Error) and not (isinstance(exc, sqlite3.OperationalError) and _is_busy(exc))
+
+
+def _needs_translation(exc: BaseException) -> bool:
+    """Database errors other than operational ones (a corrupt file, "file is not a database")
+    are failures of the store too, but ``sqlite3.DatabaseError`` also covers programming errors;
+    those are reported as :class:`StoreError` by name instead of widening ``_backend_errors``."""
+    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
+        exc, sqlite3.OperationalError | sqlite3.ProgrammingError | sqlite3.InterfaceError
+    )
+
+
+async def _arollback(conn: aiosqlite.Connection) -> None:
+    # No transaction active, or the connection is closed: nothing to give back.
+    with contextlib.suppress(sqlite3.Error, ValueError):
+        await conn.execute_fetchall("ROLLBACK")
+
+
+async def _aclose_quietly(conn: aiosqlite.Connection) -> None:
+    with contextlib.suppress(sqlite3.Error, ValueError):
+        await conn.close()
