@@ -47,6 +47,9 @@ from ._stores import MemoryStore, Store, redact_url
 
 __version__ = "0.1.0"
 
+# The default registry's table, read directly on the hot path of acquire().
+_limiters = default_registry._limiters
+
 __all__ = [
     "Acquisition",
     "Attempt",
@@ -108,7 +111,10 @@ def acquire(limiter_id: str, *, timeout: float | None = None, cost: int = 1, key
     means ``acquire("api", key="42")``. A wait longer than ``timeout`` (default: the limiter's)
     raises :class:`RateLimitTimeout` at once, having reserved nothing.
     """
-    return default_registry.acquire(limiter_id, timeout=timeout, cost=cost, key=key)
+    limiter = _limiters.get(limiter_id)
+    if limiter is None:
+        return default_registry.acquire(limiter_id, timeout=timeout, cost=cost, key=key)
+    return Acquisition(limiter, key, cost, limiter.timeout if timeout is None else timeout)
 
 
 def try_acquire(limiter_id: str, *, cost: int = 1, key: str | None = None) -> Attempt:

@@ -32,6 +32,7 @@ __all__ = [
     "TokenBucket",
     "decide",
     "fixed_window",
+    "gcra",
     "lease_acquire",
     "peek",
     "quota",
@@ -128,7 +129,6 @@ class Observation:
     window: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
 class Decision:
     """The outcome of one acquire.
 
@@ -136,16 +136,51 @@ class Decision:
     sleep ``wait`` seconds and go. Not ``allowed``: nothing was charged; ``wait`` is how long until
     the same call would be admitted (``math.inf`` if never, e.g. a cost above the capacity).
     ``remaining`` is what is left after this call, ``reset_after`` the seconds until the limit is
-    fully replenished, ``limit`` the capacity of the binding limit.
+    fully replenished, ``limit`` the capacity of the binding limit. ``degraded`` is true when the
+    store's outage policy answered instead of its backend.
     """
 
-    allowed: bool
-    wait: float
-    remaining: float
-    reset_after: float
-    limit: float
-    #: True when the store's outage policy answered instead of its backend.
-    degraded: bool = False
+    # A plain class with __slots__: it is built on every acquire, and a frozen dataclass costs
+    # four times as much to construct.
+    __slots__ = ("allowed", "degraded", "limit", "remaining", "reset_after", "wait")
+
+    def __init__(
+        self,
+        allowed: bool,
+        wait: float,
+        remaining: float,
+        reset_after: float,
+        limit: float,
+        degraded: bool = False,
+    ) -> None:
+        self.allowed = allowed
+        self.wait = wait
+        self.remaining = remaining
+        self.reset_after = reset_after
+        self.limit = limit
+        self.degraded = degraded
+
+    def _astuple(self) -> tuple[bool, float, float, float, float, bool]:
+        return (self.allowed, self.wait, self.remaining, self.reset_after, self.limit, self.degraded)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Decision) and self._astuple() == other._astuple()
+
+    def __hash__(self) -> int:
+        return hash(self._astuple())
+
+    def __repr__(self) -> str:
+        return (
+            f"Decision(allowed={self.allowed}, wait={self.wait!r}, remaining={self.remaining!r}, "
+            f"reset_after={self.reset_after!r}, limit={self.limit!r}, degraded={self.degraded})"
+        )
+
+    def replace(self, **changes: Any) -> Decision:
+        """A copy with ``changes`` applied."""
+        values = {name: getattr(self, name) for name in ("allowed", "wait", "remaining", "reset_after", "limit")}
+        values["degraded"] = self.degraded
+        values.update(changes)
+        return Decision(**values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,22 +197,38 @@ def _floor(x: float) -> float:
     return float(math.floor(x + EPSILON))
 
 
+def gcra(
+    tat: float | None, now: float, cost: int, interval: float, span: float, max_wait: float
+) -> tuple[float, float]:
+    """GCRA's whole decision: ``(wait, new_tat)``, ``wait`` negated when refused.
+
+    A refused wait is always positive (it exceeds ``max_wait >= 0``), so the sign carries the
+    verdict without another object. :func:`token_bucket` is this plus the counts; the memory
+    store's fast path calls it directly.
+    """
+    if tat is None or tat < now:
+        tat = now
+    new_tat = tat + cost * interval
+    wait = new_tat - span - now
+    if wait <= EPSILON:
+        return 0.0, new_tat
+    if wait <= max_wait + EPSILON:
+        return wait, new_tat
+    return -wait, tat
+
+
 def token_bucket(
     state: float | None, now: float, cost: int, spec: TokenBucket, max_wait: float = 0.0
 ) -> tuple[Decision, float | None]:
     """GCRA: the state is one number, the theoretical arrival time (TAT) of the next call."""
     interval = 1.0 / spec.rate_per_second
     span = spec.burst * interval
-    tat = state if state is not None and state > now else now
-    new_tat = tat + cost * interval
-    wait = new_tat - span - now
-    if wait <= EPSILON:
-        wait = 0.0
-    if wait <= max_wait + EPSILON:
+    wait, new_tat = gcra(state, now, cost, interval, span, max_wait)
+    if wait >= 0.0:
         remaining = max(0.0, _floor((span - (new_tat - now)) / interval)) if wait == 0.0 else 0.0
         return Decision(True, wait, remaining, new_tat - now, spec.burst), new_tat
-    remaining = max(0.0, _floor((span - (tat - now)) / interval))
-    return Decision(False, wait, remaining, tat - now, spec.burst), state
+    remaining = max(0.0, _floor((span - (new_tat - now)) / interval))
+    return Decision(False, -wait, remaining, new_tat - now, spec.burst), state
 
 
 def sliding_window(
@@ -186,7 +237,7 @@ def sliding_window(
     cost: int,
     spec: SlidingWindow,
     max_wait: float = 0.0,
-) -> tuple[Decision, tuple[tuple[float, int], ...] | None]:
+) -> tuple[Decision, Sequence[tuple[float, int]] | None]:
     """An exact log of ``(time, cost)`` entries, oldest first.
 
     An entry at ``e`` counts in the window ``(t - W, t]``. A call is placed at the first time
@@ -197,9 +248,7 @@ def sliding_window(
     entries = [e for e in state or () if e[0] > now - window]
     if cost > spec.limit:
         used = sum(c for _, c in entries)
-        return Decision(False, math.inf, max(0.0, spec.limit - used), _reset(entries, now, window), spec.limit), (
-            tuple(entries) or None
-        )
+        return Decision(False, math.inf, max(0.0, spec.limit - used), _reset(entries, now, window), spec.limit), state
     t0 = max(now, entries[-1][0]) if entries else now
     counted = [e for e in entries if e[0] > t0 - window]
     used = sum(c for _, c in counted)
@@ -223,7 +272,8 @@ def sliding_window(
         return Decision(True, wait, max(0.0, remaining), at + window - now, spec.limit), tuple(kept)
     now_used = sum(c for t, c in entries if t <= now)
     remaining = 0.0 if t0 > now else float(max(0, spec.limit - now_used))
-    return Decision(False, wait, remaining, _reset(entries, now, window), spec.limit), (tuple(entries) or None)
+    # Refused: the state is returned as it came (a store writes nothing).
+    return Decision(False, wait, remaining, _reset(entries, now, window), spec.limit), state
 
 
 def _reset(entries: Sequence[tuple[float, int]], now: float, window: float) -> float:

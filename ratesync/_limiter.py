@@ -15,7 +15,7 @@ from typing import Any
 
 from ._algorithms import Decision, FixedWindow, SlidingWindow, Spec, TokenBucket
 from ._exceptions import ConcurrencyMisuseError, ConfigurationError, RateLimitTimeout
-from ._stores import Store
+from ._stores import MemoryStore, Store
 
 __all__ = ["Acquisition", "Attempt", "Limiter", "LimiterMetrics", "LimiterState"]
 
@@ -24,6 +24,7 @@ DEFAULT_LEASE_SECONDS = 60.0
 #: Longest pause between two looks at a shared store while waiting for a concurrency slot that
 #: another process holds (a release in this process wakes the waiter at once).
 LEASE_POLL_SECONDS = 0.05
+_INF = math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +207,15 @@ class Limiter:
         self._capacity = min((s.capacity for s in self.specs), default=math.inf)
         self._slots_cache: dict[str | None, tuple[tuple[tuple[str, Spec], ...], str]] = {}
         self._waiters = _Waiters() if max_concurrent is not None else None
+        # The hot path: one token bucket on the memory store skips the generic slot machinery.
+        self._fast: Callable[[str, float, float, int, float], float] | None = None
+        self._interval = self._span = 0.0
+        self._key0 = ""
+        if type(store) is MemoryStore and len(self.specs) == 1 and isinstance(self.specs[0], TokenBucket):
+            self._fast = store.gcra
+            self._interval = 1.0 / self.specs[0].rate_per_second
+            self._span = self.specs[0].burst * self._interval
+            self._key0 = self._slots(None)[0][0][0]
         self._lock = threading.Lock()
         self.reset_metrics()
 
@@ -228,6 +238,9 @@ class Limiter:
             # Per-user keys are many; cache the first thousand, build the rest each time.
             self._slots_cache[key] = result
         return result
+
+    def _fast_key(self, key: str) -> str:
+        return self._slots(key)[0][0][0]
 
     def store_keys(self, key: str | None = None) -> list[str]:
         """The store keys holding this limiter's state for ``key`` (for inspection and clearing)."""
@@ -373,10 +386,30 @@ class Limiter:
         if wait > self._wait_max:
             self._wait_max = wait
 
-    def _rate_sync(self, key: str | None, cost: int, timeout: float | None) -> Decision | None:
+    def _fast_wait(self, key: str | None, cost: int, timeout: float | None) -> float:
+        assert self._fast is not None
+        wait = self._fast(
+            self._key0 if key is None else self._fast_key(key),
+            self._interval,
+            self._span,
+            cost,
+            _INF if timeout is None else timeout,
+        )
+        if wait > 0.0:
+            self._record_wait(wait)
+        elif wait < 0.0:
+            raise self._timed_out(-wait, timeout)
+        return wait
+
+    def _rate_sync(self, key: str | None, cost: int, timeout: float | None) -> None:
+        if self._fast is not None:
+            wait = self._fast_wait(key, cost, timeout)
+            if wait > 0.0:
+                self._sleep(wait)
+            return
         if not self.specs:
-            return None
-        d = self.store.acquire(self._slots(key)[0], cost, math.inf if timeout is None else timeout)
+            return
+        d = self.store.acquire(self._slots(key)[0], cost, _INF if timeout is None else timeout)
         if d.degraded:
             self._store_errors += 1
         if not d.allowed:
@@ -384,12 +417,16 @@ class Limiter:
         if d.wait > 0.0:
             self._record_wait(d.wait)
             self._sleep(d.wait)
-        return d
 
-    async def _rate_async(self, key: str | None, cost: int, timeout: float | None) -> Decision | None:
+    async def _rate_async(self, key: str | None, cost: int, timeout: float | None) -> None:
+        if self._fast is not None:
+            wait = self._fast_wait(key, cost, timeout)
+            if wait > 0.0:
+                await self._async_sleep(wait)
+            return
         if not self.specs:
-            return None
-        d = await self.store.aacquire(self._slots(key)[0], cost, math.inf if timeout is None else timeout)
+            return
+        d = await self.store.aacquire(self._slots(key)[0], cost, _INF if timeout is None else timeout)
         if d.degraded:
             self._store_errors += 1
         if not d.allowed:
@@ -397,7 +434,6 @@ class Limiter:
         if d.wait > 0.0:
             self._record_wait(d.wait)
             await self._async_sleep(d.wait)
-        return d
 
     def _leased(self, lease_key: str, lease_id: str) -> _Lease:
         with self._lock:
@@ -500,39 +536,46 @@ class Acquisition:
         self._timeout = timeout
         self._lease: _Lease | None = None
 
-    def __await__(self) -> Generator[Any, None, Decision | None]:
+    def __await__(self) -> Generator[Any, None, None]:
+        # A generator rather than a coroutine chain: on the allowed path of the memory store
+        # nothing is awaited at all.
         limiter = self._limiter
         if limiter.max_concurrent is not None:
             raise ConcurrencyMisuseError(
                 f"limiter {limiter.id!r} has max_concurrent={limiter.max_concurrent}: a bare await would never "
                 f'release its slot; use "async with acquire({limiter.id!r}):" instead'
             )
-        return self._run_async().__await__()
-
-    async def _run_async(self) -> Decision | None:
-        limiter = self._limiter
         if self._cost != 1:
             limiter._check_cost(self._cost)
-        d = await limiter._rate_async(self._key, self._cost, self._timeout)
+        if limiter._fast is not None:
+            wait = limiter._fast_wait(self._key, self._cost, self._timeout)
+            if wait > 0.0:
+                yield from _awaitable(limiter._async_sleep(wait))
+        else:
+            yield from limiter._rate_async(self._key, self._cost, self._timeout).__await__()
         limiter._acquisitions += 1
-        return d
 
-    async def __aenter__(self) -> Decision | None:
+    async def __aenter__(self) -> Acquisition:
         limiter = self._limiter
         if self._cost != 1:
             limiter._check_cost(self._cost)
         timeout = self._timeout
         if limiter.max_concurrent is None:
-            d = await limiter._rate_async(self._key, self._cost, timeout)
+            if limiter._fast is not None:
+                wait = limiter._fast_wait(self._key, self._cost, timeout)
+                if wait > 0.0:
+                    await limiter._async_sleep(wait)
+            else:
+                await limiter._rate_async(self._key, self._cost, timeout)
             limiter._acquisitions += 1
-            return d
+            return self
         loop = asyncio.get_running_loop()
         started = loop.time()
-        d = await limiter._rate_async(self._key, self._cost, timeout)
+        await limiter._rate_async(self._key, self._cost, timeout)
         left = None if timeout is None else max(0.0, timeout - (loop.time() - started))
         self._lease = await limiter._lease_async(self._key, left)
         limiter._acquisitions += 1
-        return d
+        return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -541,21 +584,26 @@ class Acquisition:
             lease, self._lease = self._lease, None
             await lease.arelease()
 
-    def __enter__(self) -> Decision | None:
+    def __enter__(self) -> Acquisition:
         limiter = self._limiter
         if self._cost != 1:
             limiter._check_cost(self._cost)
         timeout = self._timeout
         if limiter.max_concurrent is None:
-            d = limiter._rate_sync(self._key, self._cost, timeout)
+            if limiter._fast is not None:
+                wait = limiter._fast_wait(self._key, self._cost, timeout)
+                if wait > 0.0:
+                    limiter._sleep(wait)
+            else:
+                limiter._rate_sync(self._key, self._cost, timeout)
             limiter._acquisitions += 1
-            return d
+            return self
         started = time.monotonic()
-        d = limiter._rate_sync(self._key, self._cost, timeout)
+        limiter._rate_sync(self._key, self._cost, timeout)
         left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
         self._lease = limiter._lease_sync(self._key, left)
         limiter._acquisitions += 1
-        return d
+        return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -563,6 +611,10 @@ class Acquisition:
         if self._lease is not None:
             lease, self._lease = self._lease, None
             lease.release()
+
+
+def _awaitable(aw: Awaitable[None]) -> Generator[Any, None, None]:
+    return aw.__await__()
 
 
 def _clean_key(key: str) -> str:

@@ -211,7 +211,7 @@ class Registry:
         self, limiter_id: str, *, timeout: float | None = None, cost: int = 1, key: str | None = None
     ) -> Acquisition:
         limiter = self._limiters.get(limiter_id)
-        if limiter is None or key is not None:
+        if limiter is None:
             limiter, key = self.resolve(limiter_id, key)
         return Acquisition(limiter, key, cost, limiter.timeout if timeout is None else timeout)
 

@@ -245,7 +245,9 @@ class Store(ABC):
             return open_value
         if self.on_error == "local":
             answer = local(self.fallback)
-            if isinstance(answer, (Decision, LeaseDecision)):
+            if isinstance(answer, Decision):
+                return answer.replace(degraded=True)  # type: ignore[return-value]
+            if isinstance(answer, LeaseDecision):
                 return replace(answer, degraded=True)
             return answer
         if exc is None:

@@ -15,6 +15,7 @@ from .._algorithms import (
     Observation,
     Quota,
     decide,
+    gcra,
     lease_acquire,
     peek,
     quota_observe,
@@ -109,6 +110,25 @@ class MemoryStore(Store):
 
     async def aacquire(self, slots: Sequence[Slot], cost: int = 1, max_wait: float = 0.0) -> Decision:
         return self.acquire(slots, cost, max_wait)
+
+    def gcra(self, key: str, interval: float, span: float, cost: int, max_wait: float) -> float:
+        """One token bucket, the hot path: the wait, negated when refused (see ``_algorithms.gcra``).
+
+        The same decision as ``acquire`` with one ``TokenBucket`` slot, without building a
+        :class:`Decision`; a limiter with a single token bucket on this store calls it directly.
+        """
+        data = self._data
+        with self._lock:
+            entry = data.get(key)
+            wait, tat = gcra(None if entry is None else entry[0], self._clock(), cost, interval, span, max_wait)
+            if wait >= 0.0:
+                # A bucket's state means nothing once its TAT has passed: that is its expiry.
+                if entry is None:
+                    self._put(key, tat, tat)
+                else:
+                    data[key] = (tat, tat)
+                    data.move_to_end(key)
+            return wait
 
     def peek(self, slots: Sequence[Slot]) -> Decision:
         with self._lock:
