@@ -219,7 +219,7 @@ def test_peek_consumes_nothing_and_counts_the_call_unspent() -> None:
 
 def test_state_ttl_means_no_state_after() -> None:
     spec = TokenBucket(2.0, 4)
-    d, state = token_bucket(None, 10.0, 3, spec)
+    _, state = token_bucket(None, 10.0, 3, spec)
     ttl = state_ttl(state, 10.0, spec)
     assert ttl == pytest.approx(1.5)
     fresh, _ = token_bucket(None, 10.0 + ttl, 4, spec)
