@@ -47,7 +47,21 @@ ENGINE_OPTIONS: dict[str, frozenset[str]] = {
         {"url", "schema", "table_prefix", "pool_size", "connect_timeout", "ssl", "unlogged", "synchronous_commit"}
     ),
     "sqlite": frozenset({"path", "url", "busy_timeout"}),
-    "nats": frozenset({"url", "bucket", "max_age", "credentials", "user", "password", "token", "connect_timeout"}),
+    "nats": frozenset(
+        {
+            "url",
+            "bucket",
+            "max_age",
+            "credentials",
+            "user",
+            "password",
+            "token",
+            "connect_timeout",
+            "request_timeout",
+            "replicas",
+            "sync_clock",
+        }
+    ),
 }
 ENGINE_OPTIONS["postgresql"] = ENGINE_OPTIONS["postgres"]
 
