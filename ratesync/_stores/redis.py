@@ -1,0 +1,449 @@
+"""The Redis store: every algorithm runs as a Lua script on the server, one round trip per call.
+
+The scripts (``ratesync/resources/redis/*.lua``) are ports of the pure functions in
+``ratesync._algorithms`` and read the server's clock (``TIME``), so clients on machines whose
+clocks disagree still share one timeline. They are run by hash through redis-py's script objects,
+which load them again after a ``NOSCRIPT`` (a restarted or failed-over server).
+
+Keys are ``<key_prefix><key>``: the prefix goes before the caller's ``{hash tag}``, so every key of
+one call stays in one Redis Cluster slot (``ratesync:{api:42}#0``, ``ratesync:{api:42}#lease``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+import threading
+import weakref
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any, Final
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from .._algorithms import Decision, FixedWindow, LeaseDecision, Observation, Quota, SlidingWindow, Spec, TokenBucket
+from .._exceptions import ConfigurationError, MissingDependencyError
+from ._base import OnError, Slot, Store, redact_url
+
+try:
+    import redis
+    import redis.asyncio
+    import redis.asyncio.cluster
+    import redis.cluster
+    import redis.exceptions
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+except ImportError as exc:  # pragma: no cover - exercised only without the extra installed
+    raise MissingDependencyError("redis", "redis", 'the Redis store (engine = "redis")') from exc
+
+__all__ = ["RedisStore", "script_source"]
+
+DEFAULT_URL: Final = "redis://127.0.0.1:6379/0"
+DEFAULT_PREFIX: Final = "ratesync:"
+#: Connections per pool (per side: sync and each event loop; per node in a cluster).
+DEFAULT_POOL_SIZE: Final = 50
+#: A dead or unreachable Redis must cost milliseconds, not seconds: short timeouts by default.
+DEFAULT_CONNECT_TIMEOUT: Final = 0.5
+DEFAULT_SOCKET_TIMEOUT: Final = 1.0
+
+_SCHEMES: Final = {"redis": False, "rediss": False, "unix": False, "redis+cluster": True, "rediss+cluster": True}
+_ONE: Final = b"1"
+_ZERO: Final = b"0"
+_INF: Final = b"inf"
+_SERVER_CLOCK: Final = b""
+_ACQUIRE: Final = b"a"
+_PEEK: Final = b"p"
+#: Prepared (keys, ARGV) per slot tuple are cached up to this many tuples.
+_CACHE_SIZE: Final = 4096
+
+
+@functools.cache
+def script_source(name: str) -> str:
+    """The Lua source of entry script ``name`` (``acquire``, ``observe``, ``lease_acquire``).
+
+    Redis scripts cannot import, so the algorithm library (``lib.lua``) is prepended to each one.
+    """
+    folder = resources.files("ratesync").joinpath("resources", "redis")
+    lib = folder.joinpath("lib.lua").read_text(encoding="utf-8")
+    entry = folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    return f"{lib}\n{entry}"
+
+
+def _safe_url(url: str) -> str:
+    """``url`` with its password hidden, in the user part (``redact_url``) and in the query."""
+    safe = redact_url(url)
+    parts = urlsplit(safe)
+    if not parts.query or "password" not in parts.query.lower():
+        return safe
+    query = [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query, safe="*"), parts.fragment))
+
+
+def _float_arg(x: float) -> bytes:
+    # repr() round-trips a float exactly; Lua's tonumber() (strtod) reads it back exactly.
+    if x == 0.0:
+        return _ZERO
+    if x == math.inf:
+        return _INF
+    return repr(float(x)).encode()
+
+
+def _spec_args(spec: Spec) -> tuple[bytes, bytes, bytes]:
+    if isinstance(spec, TokenBucket):
+        return b"t", _float_arg(spec.rate_per_second), str(int(spec.burst)).encode()
+    if isinstance(spec, SlidingWindow):
+        return b"s", str(int(spec.limit)).encode(), _float_arg(spec.window_seconds)
+    if isinstance(spec, FixedWindow):
+        return b"f", str(int(spec.limit)).encode(), _float_arg(spec.window_seconds)
+    if isinstance(spec, Quota):
+        return b"q", _float_arg(spec.max_cooldown), _ZERO
+    raise TypeError(f"the Redis store has no script for {type(spec).__name__}")
+
+
+def _decision(reply: Sequence[Any]) -> Decision:
+    return Decision(reply[0] == 1, float(reply[1]), float(reply[2]), float(reply[3]), float(reply[4]))
+
+
+def _lease_decision(reply: Sequence[Any]) -> LeaseDecision:
+    return LeaseDecision(reply[0] == 1, int(reply[1]), float(reply[2]))
+
+
+def _opt(x: float | None) -> bytes:
+    return b"" if x is None else _float_arg(x)
+
+
+class _Side:
+    """One client (sync, or async on one event loop) and its script objects."""
+
+    __slots__ = ("acquire", "client", "lease", "loop", "observe", "semaphore")
+
+    def __init__(self, client: Any, loop: asyncio.AbstractEventLoop | None = None, limit: int = 0) -> None:
+        self.client = client
+        self.loop = loop
+        # register_script: run by hash, loaded again by redis-py after NOSCRIPT.
+        self.acquire = client.register_script(script_source("acquire"))
+        self.observe = client.register_script(script_source("observe"))
+        self.lease = client.register_script(script_source("lease_acquire"))
+        # The async cluster client raises instead of waiting when a node's pool is exhausted:
+        # bound the calls in flight on this loop to the pool size.
+        self.semaphore = asyncio.Semaphore(limit) if limit else None
+
+
+class RedisStore(Store):
+    """Limiter state in Redis (or Redis Cluster), shared by every process that uses the same keys.
+
+    ``url``: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS), ``unix:///path``,
+    or ``redis+cluster://host:port`` (also ``cluster=True``) for Redis Cluster.
+    ``key_prefix`` is put before every key. ``pool_size`` bounds the connections of each pool:
+    one for sync callers, one per event loop for async callers (per node in a cluster); callers
+    beyond it wait for a free connection. ``socket_timeout`` and ``connect_timeout`` are short by
+    default so that a dead Redis costs little; the outage policy (``on_error``) then answers
+    without touching the network until ``retry_interval`` has passed.
+    """
+
+    engine = "redis"
+    OPTIONS = frozenset({"url", "key_prefix", "pool_size", "socket_timeout", "connect_timeout", "cluster", "batch"})
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        key_prefix: str = DEFAULT_PREFIX,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        cluster: bool | None = None,
+        name: str = "",
+        on_error: OnError = "closed",
+        retry_interval: float = 1.0,
+    ) -> None:
+        super().__init__(on_error=on_error, retry_interval=retry_interval, name=name)
+        safe = _safe_url(url)
+        try:
+            scheme = urlsplit(url).scheme.lower()
+        except ValueError:
+            scheme = ""
+        if scheme not in _SCHEMES:
+            raise ConfigurationError(
+                f"unsupported Redis URL {safe!r}: use redis://, rediss://, unix:// or redis+cluster://", key="url"
+            )
+        url_cluster = _SCHEMES[scheme]
+        if cluster is None:
+            cluster = url_cluster
+        elif url_cluster and not cluster:
+            raise ConfigurationError(f"{safe!r} is a cluster URL but cluster = false", key="cluster")
+        if cluster and scheme == "unix":
+            raise ConfigurationError("Redis Cluster is reached over TCP, not a unix:// socket", key="cluster")
+        if "{" in key_prefix or "}" in key_prefix:
+            # A brace in the prefix would become the hash tag of every key: one cluster slot for all.
+            raise ConfigurationError(f"key_prefix must not contain braces, got {key_prefix!r}", key="key_prefix")
+        if pool_size < 1:
+            raise ConfigurationError(f"pool_size must be at least 1, got {pool_size!r}", key="pool_size")
+        for option, value in (("socket_timeout", socket_timeout), ("connect_timeout", connect_timeout)):
+            if not (value > 0 and math.isfinite(value)):
+                raise ConfigurationError(f"{option} must be a positive number of seconds, got {value!r}", key=option)
+        self.url = url
+        self.cluster = bool(cluster)
+        self.key_prefix = key_prefix
+        self.pool_size = pool_size
+        self.socket_timeout = float(socket_timeout)
+        self.connect_timeout = float(connect_timeout)
+        self._client_url = url.replace("+cluster", "", 1) if url_cluster else url
+        self._safe_url = safe
+        self._lock = threading.Lock()
+        self._sync_side: _Side | None = None
+        # One async client per event loop (redis.asyncio connections belong to the loop that made them).
+        self._async_sides: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Side] = weakref.WeakKeyDictionary()
+        self._last_async: _Side | None = None
+        # id(slot tuple) -> (slot tuple, prefixed keys, spec ARGV). The tuple is kept alive by the
+        # entry, so its id cannot be reused while cached.
+        self._prepared: dict[int, tuple[Sequence[Slot], tuple[str, ...], tuple[bytes, ...]]] = {}
+
+    @classmethod
+    def from_options(cls, name: str, options: dict[str, Any]) -> RedisStore:
+        """Build the store from its rate-sync.toml table (``engine = "redis"``)."""
+        from .._convert import as_bool, as_float, as_int, as_str
+
+        cluster = options.get("cluster")
+        return cls(
+            as_str(options.get("url", DEFAULT_URL), "url"),
+            key_prefix=as_str(options.get("key_prefix", DEFAULT_PREFIX), "key_prefix"),
+            pool_size=as_int(options.get("pool_size", DEFAULT_POOL_SIZE), "pool_size"),
+            socket_timeout=as_float(options.get("socket_timeout", DEFAULT_SOCKET_TIMEOUT), "socket_timeout"),
+            connect_timeout=as_float(options.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT), "connect_timeout"),
+            cluster=None if cluster is None else as_bool(cluster, "cluster"),
+            name=name,
+            on_error=options.get("on_error", "closed"),
+            retry_interval=as_float(options.get("retry_interval", 1.0), "retry_interval"),
+        )
+
+    def describe(self) -> str:
+        kind = "redis cluster" if self.cluster else "redis"
+        return f"{kind} {self._safe_url} prefix {self.key_prefix!r}"
+
+    # -- clients -----------------------------------------------------------------------------
+
+    def _connection_kwargs(self) -> dict[str, Any]:
+        return {
+            "socket_timeout": self.socket_timeout,
+            "socket_connect_timeout": self.connect_timeout,
+            # No retries: an acquire is not idempotent (a retried call that had reached the server
+            # would charge twice), and a dead server must fail fast into the outage policy.
+            "retry": Retry(NoBackoff(), 0),
+        }
+
+    def _pool_timeout(self) -> float:
+        # How long a caller waits for a free pooled connection before that counts as a failure.
+        return self.connect_timeout + self.socket_timeout
+
+    def _make_sync_client(self) -> Any:
+        kwargs = self._connection_kwargs()
+        if self.cluster:
+            return redis.cluster.RedisCluster.from_url(
+                self._client_url,
+                max_connections=self.pool_size,
+                connection_pool_class=redis.BlockingConnectionPool,
+                timeout=self._pool_timeout(),
+                **kwargs,
+            )
+        pool = redis.BlockingConnectionPool.from_url(
+            self._client_url, max_connections=self.pool_size, timeout=self._pool_timeout(), **kwargs
+        )
+        return redis.Redis(connection_pool=pool)
+
+    def _make_async_client(self) -> Any:
+        kwargs = self._connection_kwargs()
+        if self.cluster:
+            return redis.asyncio.cluster.RedisCluster.from_url(
+                self._client_url, max_connections=self.pool_size, **kwargs
+            )
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            self._client_url, max_connections=self.pool_size, timeout=self._pool_timeout(), **kwargs
+        )
+        return redis.asyncio.Redis(connection_pool=pool)
+
+    def _sync(self) -> _Side:
+        side = self._sync_side
+        if side is None:
+            with self._lock:
+                side = self._sync_side
+                if side is None:
+                    side = self._sync_side = _Side(self._make_sync_client())
+        return side
+
+    def _async(self) -> _Side:
+        loop = asyncio.get_running_loop()
+        side = self._last_async
+        if side is not None and side.loop is loop:
+            return side
+        with self._lock:
+            side = self._async_sides.get(loop)
+            if side is None:
+                side = _Side(self._make_async_client(), loop, self.pool_size if self.cluster else 0)
+                self._async_sides[loop] = side
+            self._last_async = side
+        return side
+
+    def initialize(self) -> None:
+        """Connect and load the scripts now (instead of on the first call)."""
+        self._guard(self._initialize_sync, lambda f: None, None)
+
+    async def ainitialize(self) -> None:
+        """Connect the async client of the running loop and load the scripts."""
+        await self._aguard(self._initialize_async, lambda f: None, None)
+
+    def _initialize_sync(self) -> None:
+        side = self._sync()
+        for script in (side.acquire, side.observe, side.lease):
+            script.sha = side.client.script_load(script.script)
+
+    async def _initialize_async(self) -> None:
+        side = self._async()
+        for script in (side.acquire, side.observe, side.lease):
+            script.sha = await side.client.script_load(script.script)
+
+    def close(self) -> None:
+        """Close the sync client's connections (the store reconnects if used again)."""
+        with self._lock:
+            side, self._sync_side = self._sync_side, None
+        if side is not None:
+            client = side.client
+            if self.cluster:
+                client.close()
+            else:
+                client.close()
+                client.connection_pool.disconnect()
+
+    async def aclose(self) -> None:
+        """Close the async client of the running event loop."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            side = self._async_sides.pop(loop, None)
+            if self._last_async is side:
+                self._last_async = None
+        if side is not None:
+            client = side.client
+            if self.cluster:
+                await client.aclose()
+            else:
+                await client.aclose()
+                await client.connection_pool.disconnect()
+
+    def _backend_errors(self) -> tuple[type[BaseException], ...]:
+        # Every RedisError: connection and timeout errors, a server LOADING or READONLY after a
+        # failover, CLUSTERDOWN, OOM... all mean the backend cannot answer; the policy decides.
+        return (*super()._backend_errors(), redis.exceptions.RedisError)
+
+    # -- keys and arguments ------------------------------------------------------------------
+
+    def _prepare(self, slots: Sequence[Slot]) -> tuple[tuple[str, ...], tuple[bytes, ...]]:
+        entry = self._prepared.get(id(slots))
+        if entry is not None and entry[0] is slots:
+            return entry[1], entry[2]
+        prefix = self.key_prefix
+        keys = tuple(prefix + key for key, _ in slots)
+        args: tuple[bytes, ...] = ()
+        for _, spec in slots:
+            args += _spec_args(spec)
+        if type(slots) is tuple:
+            # Limiters pass the same tuple for the same key every time; lists may change.
+            if len(self._prepared) >= _CACHE_SIZE:
+                self._prepared.clear()
+            self._prepared[id(slots)] = (slots, keys, args)
+        return keys, args
+
+    @staticmethod
+    def _call_args(cost: int, max_wait: float, mode: bytes, spec_args: tuple[bytes, ...]) -> tuple[bytes, ...]:
+        cost_arg = _ONE if cost == 1 else str(int(cost)).encode()
+        return (_SERVER_CLOCK, cost_arg, _float_arg(max_wait), mode, *spec_args)
+
+    # -- the store protocol ------------------------------------------------------------------
+
+    def _acquire(self, slots: Sequence[Slot], cost: int, max_wait: float) -> Decision:
+        keys, spec_args = self._prepare(slots)
+        return _decision(self._sync().acquire(keys, self._call_args(cost, max_wait, _ACQUIRE, spec_args)))
+
+    async def _aacquire(self, slots: Sequence[Slot], cost: int, max_wait: float) -> Decision:
+        keys, spec_args = self._prepare(slots)
+        side = self._async()
+        args = self._call_args(cost, max_wait, _ACQUIRE, spec_args)
+        if side.semaphore is not None:
+            async with side.semaphore:
+                return _decision(await side.acquire(keys, args))
+        return _decision(await side.acquire(keys, args))
+
+    def _peek(self, slots: Sequence[Slot]) -> Decision:
+        keys, spec_args = self._prepare(slots)
+        return _decision(self._sync().acquire(keys, self._call_args(1, 0.0, _PEEK, spec_args)))
+
+    async def _apeek(self, slots: Sequence[Slot]) -> Decision:
+        keys, spec_args = self._prepare(slots)
+        side = self._async()
+        args = self._call_args(1, 0.0, _PEEK, spec_args)
+        if side.semaphore is not None:
+            async with side.semaphore:
+                return _decision(await side.acquire(keys, args))
+        return _decision(await side.acquire(keys, args))
+
+    @staticmethod
+    def _observe_args(spec: Quota, obs: Observation) -> tuple[bytes, ...]:
+        return (
+            _SERVER_CLOCK,
+            _float_arg(obs.remaining),
+            _float_arg(obs.reset_after),
+            _opt(obs.limit),
+            _opt(obs.window),
+            _float_arg(spec.max_cooldown),
+        )
+
+    def _observe(self, key: str, spec: Quota, obs: Observation) -> None:
+        self._sync().observe((self.key_prefix + key,), self._observe_args(spec, obs))
+
+    async def _aobserve(self, key: str, spec: Quota, obs: Observation) -> None:
+        side = self._async()
+        args = self._observe_args(spec, obs)
+        if side.semaphore is not None:
+            async with side.semaphore:
+                await side.observe((self.key_prefix + key,), args)
+        else:
+            await side.observe((self.key_prefix + key,), args)
+
+    @staticmethod
+    def _lease_args(limit: int, lease_seconds: float, lease_id: str) -> tuple[bytes, ...]:
+        return (_SERVER_CLOCK, str(int(limit)).encode(), _float_arg(lease_seconds), lease_id.encode())
+
+    def _lease_acquire(self, key: str, limit: int, lease_seconds: float, lease_id: str) -> LeaseDecision:
+        reply = self._sync().lease((self.key_prefix + key,), self._lease_args(limit, lease_seconds, lease_id))
+        return _lease_decision(reply)
+
+    async def _alease_acquire(self, key: str, limit: int, lease_seconds: float, lease_id: str) -> LeaseDecision:
+        side = self._async()
+        args = self._lease_args(limit, lease_seconds, lease_id)
+        if side.semaphore is not None:
+            async with side.semaphore:
+                return _lease_decision(await side.lease((self.key_prefix + key,), args))
+        return _lease_decision(await side.lease((self.key_prefix + key,), args))
+
+    def _lease_release(self, key: str, lease_id: str) -> None:
+        self._sync().client.zrem(self.key_prefix + key, lease_id)
+
+    async def _alease_release(self, key: str, lease_id: str) -> None:
+        side = self._async()
+        if side.semaphore is not None:
+            async with side.semaphore:
+                await side.client.zrem(self.key_prefix + key, lease_id)
+        else:
+            await side.client.zrem(self.key_prefix + key, lease_id)
+
+    def _reset(self, keys: Sequence[str]) -> None:
+        if keys:
+            self._sync().client.delete(*(self.key_prefix + k for k in keys))
+
+    async def _areset(self, keys: Sequence[str]) -> None:
+        if keys:
+            side = self._async()
+            if side.semaphore is not None:
+                async with side.semaphore:
+                    await side.client.delete(*(self.key_prefix + k for k in keys))
+            else:
+                await side.client.delete(*(self.key_prefix + k for k in keys))

@@ -1,0 +1,45 @@
+-- rate-sync: acquire (or peek) every limit of one call atomically, in one round trip.
+--
+-- KEYS   one per limit, all under one hash tag.
+-- ARGV   [1] now ('' = server clock; tests only: a number, or '@' .. number, see clock())
+--        [2] cost   [3] max_wait ('inf' allowed)   [4] mode: 'a' acquire, 'p' peek
+--        then per limit: kind ('t' token bucket, 's' sliding, 'f' fixed, 'q' quota), p1, p2
+-- Returns {allowed (1/0), wait, remaining, reset_after, limit} with the floats as strings.
+
+local base, now = clock(ARGV[1])
+local cost = tonumber(ARGV[2])
+local max_wait = arg_float(ARGV[3])
+local n = #KEYS
+local specs = {}
+local states = {}
+for i = 1, n do
+  local j = 2 + 3 * i
+  local spec = { ARGV[j], tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2]) }
+  specs[i] = spec
+  states[i] = read_state(KEYS[i], spec, base)
+end
+
+local d
+if ARGV[4] == 'p' then
+  -- What a call of cost 1 would be told, charging nothing; remaining counts it unspent.
+  d = decide(states, now, 1, specs, 0.0, base)
+  if d[1] then
+    d = D(true, 0.0, d[3] + 1, d[4], d[5])
+  end
+else
+  local new_states
+  d, new_states = decide(states, now, cost, specs, max_wait, base)
+  if d[1] then
+    for i = 1, n do
+      if states[i] ~= nil or new_states[i] ~= nil then
+        write_state(KEYS[i], new_states[i], specs[i], now, base)
+      end
+    end
+  end
+end
+
+local allowed = 0
+if d[1] then
+  allowed = 1
+end
+return { allowed, num(d[2]), num(d[3]), num(d[4]), num(d[5]) }
