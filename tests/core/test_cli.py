@@ -39,7 +39,7 @@ def test_status_and_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     path = tmp_path / "rate-sync.toml"
     path.write_text(CONFIG)
     assert main(["status", "--config", str(path), "login", "--key", "bob"]) == 0
-    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("login")][0]
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("login"))
     assert line.split()[1:4] == ["bob", "5", "5"]
     assert main(["clear", "--config", str(path), "login", "--key", "bob"]) == 0
     assert "cleared login key 'bob'" in capsys.readouterr().out
