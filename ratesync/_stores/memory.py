@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -30,6 +32,18 @@ logger = logging.getLogger("ratesync")
 
 #: How many of the least recently used keys one write looks at to drop expired state.
 _SWEEP = 2
+
+_instances: weakref.WeakSet[MemoryStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A lock held by another thread at fork() time would stay held forever in the child.
+    for store in list(_instances):
+        store._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class MemoryStore(Store):
@@ -64,6 +78,7 @@ class MemoryStore(Store):
         self._data: OrderedDict[str, tuple[Any, float]] = OrderedDict()
         self._leases: dict[str, dict[str, float]] = {}
         self.evicted_live = 0
+        _instances.add(self)
 
     @classmethod
     def from_options(cls, name: str, options: dict[str, Any]) -> MemoryStore:
