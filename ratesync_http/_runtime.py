@@ -1,0 +1,267 @@
+"""The store calls behind a plan, as a sync and an async twin.
+
+Admission: the probe gate (first request to a host not yet heard from goes alone), then every
+store call of the plan with the time left before the timeout as ``max_wait`` (a reservation: the
+store says how long to sleep, one round trip even when waiting), one sleep for the longest of
+those waits, then the concurrency leases. Learning: parse the response's headers, fold what they
+say into the store (atomic there, on the store's clock), and decide on a retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from ratesync import RateLimitTimeout
+from ratesync._limiter import LEASE_POLL_SECONDS, _new_lease_id
+
+from ._headers import RateLimitInfo, parse_rate_limit_headers
+from ._policy import HttpPolicy, LeaseSpec, Plan, Verdict
+
+__all__ = ["Permit", "aacquire", "acquire", "alearn", "learn"]
+
+logger = logging.getLogger("ratesync_http")
+
+_PROBE_POLL = 0.005
+
+
+class Permit:
+    """The concurrency leases one request holds; released once, by the first release call."""
+
+    __slots__ = ("_leases", "_policy", "_released")
+
+    def __init__(self, policy: HttpPolicy, leases: list[tuple[LeaseSpec, str]]) -> None:
+        self._policy = policy
+        self._leases = leases
+        self._released = not leases
+        if leases:
+            policy.leases_held += 1
+
+    @property
+    def holds_lease(self) -> bool:
+        return not self._released
+
+    def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        self._policy.leases_held -= 1
+        for spec, lease_id in self._leases:
+            try:
+                spec.store.lease_release(spec.key, lease_id)
+            finally:
+                self._policy.waiters(spec.key).notify()
+
+    async def arelease(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        self._policy.leases_held -= 1
+        for spec, lease_id in self._leases:
+            try:
+                await asyncio.shield(spec.store.alease_release(spec.key, lease_id))
+            finally:
+                self._policy.waiters(spec.key).notify()
+
+
+NO_PERMIT_LEASES: list[tuple[LeaseSpec, str]] = []
+
+
+def _timed_out(policy: HttpPolicy, plan: Plan, wait: float, timeout: float | None) -> RateLimitTimeout:
+    policy.timeouts += 1
+    return RateLimitTimeout(
+        f"{plan.label}: waiting {wait:.3f}s for a permit would exceed the timeout of {timeout}s (nothing was sent)",
+        limiter_id=plan.label,
+        retry_after=wait,
+    )
+
+
+# -- sync ------------------------------------------------------------------------------------
+
+
+def wait_gate_sync(policy: HttpPolicy, plan: Plan) -> bool:
+    """Wait for a probe of this host in flight; returns True when this request is the probe."""
+    probing, gate = policy.probe_enter(plan)
+    if gate is not None:
+        gate.wait(policy.config.probe_wait)
+    return probing
+
+
+def acquire(policy: HttpPolicy, plan: Plan, cost: int, sleep: Callable[[float], None]) -> Permit:
+    """Wait for every limit of ``plan`` (raising ``RateLimitTimeout`` before sending if too long)."""
+    timeout = plan.timeout
+    if plan.calls:
+        start = time.monotonic()
+        wait = 0.0
+        for call in plan.calls:
+            elapsed = time.monotonic() - start
+            budget = math.inf if timeout is None else max(0.0, timeout - elapsed)
+            d = call.store.acquire(call.slots, cost, budget)
+            if d.degraded:
+                policy.degraded += 1
+            if not d.allowed:
+                raise _timed_out(policy, plan, d.wait + elapsed, timeout)
+            if d.wait > 0.0:
+                wait = max(wait, d.wait + elapsed)
+        if wait > 0.0:
+            left = wait - (time.monotonic() - start)
+            if left > 0.0:
+                policy.record_wait(left)
+                sleep(left)
+    if not plan.leases:
+        return Permit(policy, NO_PERMIT_LEASES)
+    return Permit(policy, _leases_sync(policy, plan, timeout))
+
+
+def _leases_sync(policy: HttpPolicy, plan: Plan, timeout: float | None) -> list[tuple[LeaseSpec, str]]:
+    held: list[tuple[LeaseSpec, str]] = []
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        for spec in plan.leases:
+            lease_id = _new_lease_id()
+            started = None
+            while True:
+                ld = spec.store.lease_acquire(spec.key, spec.limit, spec.lease_seconds, lease_id)
+                if ld.degraded:
+                    policy.degraded += 1
+                if ld.acquired:
+                    held.append((spec, lease_id))
+                    if started is not None:
+                        policy.record_wait(time.monotonic() - started)
+                    break
+                now = time.monotonic()
+                started = started if started is not None else now
+                pause = min(max(ld.retry_after, 0.001), LEASE_POLL_SECONDS)
+                if deadline is not None:
+                    if now >= deadline:
+                        raise _timed_out(policy, plan, max(ld.retry_after, 0.0), timeout)
+                    pause = min(pause, deadline - now)
+                policy.waiters(spec.key).wait_sync(pause)
+    except BaseException:
+        for spec, lease_id in held:
+            spec.store.lease_release(spec.key, lease_id)
+        raise
+    return held
+
+
+def _info(policy: HttpPolicy, status: int, headers: Any, names: Iterable[str]) -> RateLimitInfo | None:
+    if not policy.wants_headers(status, names):
+        return None
+    return parse_rate_limit_headers(headers, status=status)
+
+
+def learn(policy: HttpPolicy, plan: Plan, status: int, headers: Any, names: Iterable[str], attempt: int) -> Verdict:
+    """Fold a response's rate-limit headers into the store; decide on a retry."""
+    policy.record_status(status)
+    info = _info(policy, status, headers, names)
+    stored = False
+    if info is not None and plan.quota_key is not None:
+        obs = policy.observation(info, status, attempt)
+        if obs is not None:
+            try:
+                policy.store.observe(plan.quota_key, policy.quota_spec, obs)
+                policy.learned += 1
+                stored = True
+            except Exception as exc:  # learning must never fail the caller's request
+                logger.debug("rate-sync: could not record what %s said: %s", plan.label, exc)
+    return policy.verdict(info, status, attempt, stored)
+
+
+# -- async -----------------------------------------------------------------------------------
+
+
+async def await_gate(policy: HttpPolicy, plan: Plan) -> bool:
+    """Async twin of :func:`wait_gate_sync` (polls the gate: it may be opened from another thread)."""
+    probing, gate = policy.probe_enter(plan)
+    if gate is not None:
+        deadline = time.monotonic() + policy.config.probe_wait
+        # The gate is a threading.Event (the probe may run in another thread or event loop): poll it.
+        while not gate.is_set() and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(_PROBE_POLL)
+    return probing
+
+
+async def aacquire(policy: HttpPolicy, plan: Plan, cost: int, sleep: Callable[[float], Awaitable[None]]) -> Permit:
+    """Async twin of :func:`acquire`."""
+    timeout = plan.timeout
+    if plan.calls:
+        start = time.monotonic()
+        wait = 0.0
+        for call in plan.calls:
+            elapsed = time.monotonic() - start
+            budget = math.inf if timeout is None else max(0.0, timeout - elapsed)
+            d = await call.store.aacquire(call.slots, cost, budget)
+            if d.degraded:
+                policy.degraded += 1
+            if not d.allowed:
+                raise _timed_out(policy, plan, d.wait + elapsed, timeout)
+            if d.wait > 0.0:
+                wait = max(wait, d.wait + elapsed)
+        if wait > 0.0:
+            left = wait - (time.monotonic() - start)
+            if left > 0.0:
+                policy.record_wait(left)
+                await sleep(left)
+    if not plan.leases:
+        return Permit(policy, NO_PERMIT_LEASES)
+    return Permit(policy, await _leases_async(policy, plan, timeout))
+
+
+async def _leases_async(policy: HttpPolicy, plan: Plan, timeout: float | None) -> list[tuple[LeaseSpec, str]]:
+    held: list[tuple[LeaseSpec, str]] = []
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    try:
+        for spec in plan.leases:
+            lease_id = _new_lease_id()
+            started = None
+            while True:
+                try:
+                    ld = await spec.store.alease_acquire(spec.key, spec.limit, spec.lease_seconds, lease_id)
+                except BaseException:
+                    # Cancelled while the store may have granted it: give it back.
+                    await asyncio.shield(spec.store.alease_release(spec.key, lease_id))
+                    raise
+                if ld.degraded:
+                    policy.degraded += 1
+                if ld.acquired:
+                    held.append((spec, lease_id))
+                    if started is not None:
+                        policy.record_wait(loop.time() - started)
+                    break
+                now = loop.time()
+                started = started if started is not None else now
+                pause = min(max(ld.retry_after, 0.001), LEASE_POLL_SECONDS)
+                if deadline is not None:
+                    if now >= deadline:
+                        raise _timed_out(policy, plan, max(ld.retry_after, 0.0), timeout)
+                    pause = min(pause, deadline - now)
+                await policy.waiters(spec.key).wait_async(pause)
+    except BaseException:
+        for spec, lease_id in held:
+            await asyncio.shield(spec.store.alease_release(spec.key, lease_id))
+        raise
+    return held
+
+
+async def alearn(
+    policy: HttpPolicy, plan: Plan, status: int, headers: Any, names: Iterable[str], attempt: int
+) -> Verdict:
+    """Async twin of :func:`learn`."""
+    policy.record_status(status)
+    info = _info(policy, status, headers, names)
+    stored = False
+    if info is not None and plan.quota_key is not None:
+        obs = policy.observation(info, status, attempt)
+        if obs is not None:
+            try:
+                await policy.store.aobserve(plan.quota_key, policy.quota_spec, obs)
+                policy.learned += 1
+                stored = True
+            except Exception as exc:  # learning must never fail the caller's request
+                logger.debug("rate-sync: could not record what %s said: %s", plan.label, exc)
+    return policy.verdict(info, status, attempt, stored)
