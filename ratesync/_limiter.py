@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import math
 import os
 import threading
@@ -146,6 +147,10 @@ class _Waiters:
         finally:
             if not fut.done():
                 fut.cancel()
+            # A waiter that timed out (the usual case while another process holds the slots)
+            # must not stay queued: one stale future per poll would pile up.
+            with self._cond, contextlib.suppress(ValueError):
+                self._futures.remove(fut)
 
 
 def _set_done(fut: asyncio.Future[None]) -> None:
@@ -477,8 +482,10 @@ class Limiter:
                 ld = await self.store.alease_acquire(lease_key, self.max_concurrent, self.lease_seconds, lease_id)
             except BaseException:
                 # Cancelled (or failed) while the store may already have granted the lease:
-                # give it back rather than leave the slot taken until it expires.
-                await asyncio.shield(self.store.alease_release(lease_key, lease_id))
+                # give it back rather than leave the slot taken until it expires. If that fails
+                # too, the lease expires by itself; the original error is what the caller sees.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.store.alease_release(lease_key, lease_id))
                 raise
             if ld.degraded:
                 self._store_errors += 1
