@@ -89,8 +89,8 @@ _BUCKET_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
 #: by the client itself; after that the connection closes and the next call (the outage policy's
 #: probe, at most one per ``retry_interval``) connects afresh, which fails in milliseconds while
 #: the server refuses connections and succeeds by itself once it is back.
-_MAX_RECONNECT_ATTEMPTS = 2
-_RECONNECT_TIME_WAIT = 0.1
+_MAX_RECONNECT_ATTEMPTS = 1
+_RECONNECT_TIME_WAIT = 0.02
 _PING_INTERVAL = 10
 _MAX_OUTSTANDING_PINGS = 2
 
@@ -421,6 +421,7 @@ class NatsStore(Store):
 
     async def _open(self) -> _Conn:
         import nats
+        import nats.errors
         import nats.js.errors
         from nats.js.api import KeyValueConfig
 
@@ -428,6 +429,19 @@ class NatsStore(Store):
             # nats-py's default handler logs every failed reconnect attempt at ERROR with a
             # traceback; the outage policy already logs the switch once.
             logger.debug("rate-sync nats store %r: %s", self.name, self._scrub(f"{type(exc).__name__}: {exc}"))
+
+        holder: list[Any] = []
+
+        async def on_disconnect() -> None:
+            # Requests in flight when the connection drops will never be answered (their replies
+            # went to the lost connection); without this each waits out request_timeout. nats-py
+            # keeps their futures in a private map: fail them now if it is there.
+            if holder:
+                pending = getattr(holder[0], "_resp_map", None)
+                if isinstance(pending, dict):
+                    for future in list(pending.values()):
+                        if not future.done():
+                            future.set_exception(nats.errors.ConnectionClosedError())
 
         async def on_event() -> None:
             return None
@@ -442,11 +456,12 @@ class NatsStore(Store):
             ping_interval=_PING_INTERVAL,
             max_outstanding_pings=_MAX_OUTSTANDING_PINGS,
             error_cb=on_error,
-            disconnected_cb=on_event,
+            disconnected_cb=on_disconnect,
             reconnected_cb=on_event,
             closed_cb=on_event,
             **{k: v for k, v in self._auth.items() if v},
         )
+        holder.append(nc)
         try:
             js = nc.jetstream(timeout=self.request_timeout)
             try:
