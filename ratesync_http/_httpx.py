@@ -223,9 +223,12 @@ class RateLimitedTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
                     self._sleep(verdict.local_wait)
                 continue
             if permit.holds_lease:
-                stream = response.stream
-                assert isinstance(stream, httpx.SyncByteStream)
-                response.stream = _LeasedStream(stream, permit)
+                if response.is_closed:  # already read to the end by the inner transport
+                    permit.release()
+                else:
+                    stream = response.stream
+                    assert isinstance(stream, httpx.SyncByteStream)
+                    response.stream = _LeasedStream(stream, permit)
             return response
 
     # -- async -----------------------------------------------------------------------------------
@@ -279,7 +282,10 @@ class RateLimitedTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
                     await self._async_sleep(verdict.local_wait)
                 continue
             if permit.holds_lease:
-                stream = response.stream
-                assert isinstance(stream, httpx.AsyncByteStream)
-                response.stream = _AsyncLeasedStream(stream, permit)
+                if response.is_closed:  # already read to the end by the inner transport
+                    await permit.arelease()
+                else:
+                    stream = response.stream
+                    assert isinstance(stream, httpx.AsyncByteStream)
+                    response.stream = _AsyncLeasedStream(stream, permit)
             return response

@@ -95,23 +95,22 @@ def acquire(policy: HttpPolicy, plan: Plan, cost: int, sleep: Callable[[float], 
     """Wait for every limit of ``plan`` (raising ``RateLimitTimeout`` before sending if too long)."""
     timeout = plan.timeout
     if plan.calls:
-        start = time.monotonic()
+        # Each call reserves its place (or refuses, charging nothing); one sleep then covers the
+        # longest wait. Waits are not shortened by the time the calls took: going a little later
+        # than reserved is always within the limits.
+        budget = math.inf if timeout is None else timeout
         wait = 0.0
         for call in plan.calls:
-            elapsed = time.monotonic() - start
-            budget = math.inf if timeout is None else max(0.0, timeout - elapsed)
             d = call.store.acquire(call.slots, cost, budget)
             if d.degraded:
                 policy.degraded += 1
             if not d.allowed:
-                raise _timed_out(policy, plan, d.wait + elapsed, timeout)
-            if d.wait > 0.0:
-                wait = max(wait, d.wait + elapsed)
+                raise _timed_out(policy, plan, d.wait, timeout)
+            if d.wait > wait:
+                wait = d.wait
         if wait > 0.0:
-            left = wait - (time.monotonic() - start)
-            if left > 0.0:
-                policy.record_wait(left)
-                sleep(left)
+            policy.record_wait(wait)
+            sleep(wait)
     if not plan.leases:
         return Permit(policy, NO_PERMIT_LEASES)
     return Permit(policy, _leases_sync(policy, plan, timeout))
@@ -189,23 +188,22 @@ async def aacquire(policy: HttpPolicy, plan: Plan, cost: int, sleep: Callable[[f
     """Async twin of :func:`acquire`."""
     timeout = plan.timeout
     if plan.calls:
-        start = time.monotonic()
+        # Each call reserves its place (or refuses, charging nothing); one sleep then covers the
+        # longest wait. Waits are not shortened by the time the calls took: going a little later
+        # than reserved is always within the limits.
+        budget = math.inf if timeout is None else timeout
         wait = 0.0
         for call in plan.calls:
-            elapsed = time.monotonic() - start
-            budget = math.inf if timeout is None else max(0.0, timeout - elapsed)
             d = await call.store.aacquire(call.slots, cost, budget)
             if d.degraded:
                 policy.degraded += 1
             if not d.allowed:
-                raise _timed_out(policy, plan, d.wait + elapsed, timeout)
-            if d.wait > 0.0:
-                wait = max(wait, d.wait + elapsed)
+                raise _timed_out(policy, plan, d.wait, timeout)
+            if d.wait > wait:
+                wait = d.wait
         if wait > 0.0:
-            left = wait - (time.monotonic() - start)
-            if left > 0.0:
-                policy.record_wait(left)
-                await sleep(left)
+            policy.record_wait(wait)
+            await sleep(wait)
     if not plan.leases:
         return Permit(policy, NO_PERMIT_LEASES)
     return Permit(policy, await _leases_async(policy, plan, timeout))
