@@ -7,6 +7,7 @@ for real time to pass.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 from collections.abc import Callable
@@ -113,6 +114,7 @@ def test_glob_rule_gives_each_host_its_own_budget(clock: FakeClock, store: Memor
         client.get("https://b.example.com/")
         client.get("https://a.b.example.com/")
         assert clock.slept == []
+        keys = set(store.keys())
         client.get("https://a.example.com/")
         assert clock.slept == [approx(1.0)]
         # The apex domain is not matched by *.example.com.
@@ -463,7 +465,7 @@ def test_advertised_higher_limit_never_loosens(clock: FakeClock, store: MemorySt
         for _ in range(5):
             client.get("https://api.example.com/")
     times = [t for t, _, _ in up.calls]
-    assert [b - a for a, b in zip(times, times[1:])] == approx([0.5] * 4)
+    assert [b - a for a, b in itertools.pairwise(times)] == approx([0.5] * 4)
 
 
 def test_learning_can_be_switched_off(clock: FakeClock, store: MemoryStore) -> None:
@@ -690,11 +692,15 @@ class Closing(httpx.MockTransport):
         self.aclosed += 1
 
 
+def use_sync(transport: RateLimitedTransport) -> None:
+    with httpx.Client(transport=transport) as client:
+        client.get("https://api.example.com/")
+
+
 async def test_close_and_aclose_are_passed_on() -> None:
     inner = Closing()
     transport = RateLimitedTransport(inner, registry=ratesync.Registry(), store=MemoryStore())
-    with httpx.Client(transport=transport) as client:
-        client.get("https://api.example.com/")
+    use_sync(transport)
     assert (inner.closed, inner.aclosed) == (1, 0)
     async with httpx.AsyncClient(transport=transport) as aclient:
         await aclient.get("https://api.example.com/")
