@@ -16,7 +16,7 @@ for i = 1, n do
   local j = 2 + 3 * i
   local spec = { ARGV[j], tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2]) }
   specs[i] = spec
-  states[i] = read_state(KEYS[i], spec, base)
+  states[i] = read_state(KEYS[i], spec, base, now)
 end
 
 local d

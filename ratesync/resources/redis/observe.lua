@@ -7,7 +7,7 @@
 local base, now = clock(ARGV[1])
 local spec = { 'q', tonumber(ARGV[6]) }
 local obs = { tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]) }
-local state = read_state(KEYS[1], spec, base)
+local state = read_state(KEYS[1], spec, base, now)
 local new_state = quota_observe(state, now, obs, spec)
 if new_state ~= nil then
   write_state(KEYS[1], new_state, spec, now, base)
