@@ -44,7 +44,19 @@ ENGINE_OPTIONS: dict[str, frozenset[str]] = {
     "memory": frozenset({"capacity"}),
     "redis": frozenset({"url", "key_prefix", "pool_size", "socket_timeout", "connect_timeout", "cluster", "batch"}),
     "postgres": frozenset(
-        {"url", "schema", "table_prefix", "pool_size", "connect_timeout", "ssl", "unlogged", "synchronous_commit"}
+        {
+            "url",
+            "schema",
+            "table_prefix",
+            "pool_size",
+            "connect_timeout",
+            "command_timeout",
+            "ssl",
+            "unlogged",
+            "synchronous_commit",
+            "auto_create",
+            "application_name",
+        }
     ),
     "sqlite": frozenset({"path", "url", "busy_timeout"}),
     "nats": frozenset(
