@@ -16,9 +16,9 @@ import functools
 import math
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .._algorithms import Decision, FixedWindow, LeaseDecision, Observation, Quota, SlidingWindow, Spec, TokenBucket
@@ -37,6 +37,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise MissingDependencyError("redis", "redis", 'the Redis store (engine = "redis")') from exc
 
 __all__ = ["RedisStore", "script_source"]
+
+T = TypeVar("T")
 
 DEFAULT_URL: Final = "redis://127.0.0.1:6379/0"
 DEFAULT_PREFIX: Final = "ratesync:"
@@ -115,18 +117,30 @@ def _opt(x: float | None) -> bytes:
 class _Side:
     """One client (sync, or async on one event loop) and its script objects."""
 
-    __slots__ = ("acquire", "client", "lease", "loop", "observe", "semaphore")
+    __slots__ = ("_init_lock", "acquire", "client", "gate", "lease", "loop", "observe", "ready")
 
-    def __init__(self, client: Any, loop: asyncio.AbstractEventLoop | None = None, limit: int = 0) -> None:
+    def __init__(self, client: Any, loop: asyncio.AbstractEventLoop | None = None, gate: int = 0) -> None:
         self.client = client
         self.loop = loop
         # register_script: run by hash, loaded again by redis-py after NOSCRIPT.
         self.acquire = client.register_script(script_source("acquire"))
         self.observe = client.register_script(script_source("observe"))
         self.lease = client.register_script(script_source("lease_acquire"))
-        # The async cluster client raises instead of waiting when a node's pool is exhausted:
-        # bound the calls in flight on this loop to the pool size.
-        self.semaphore = asyncio.Semaphore(limit) if limit else None
+        # The async cluster client needs two guards: it raises instead of waiting when a node's
+        # pool is exhausted (so calls in flight on this loop are bounded by the pool size), and
+        # concurrent first calls each start their own topology discovery, replacing nodes under
+        # each other's feet (so the first call discovers it alone).
+        self.gate = asyncio.Semaphore(gate) if gate else None
+        self.ready = not gate
+        self._init_lock: asyncio.Lock | None = None
+
+    async def warm_up(self) -> None:
+        if self._init_lock is None:
+            self._init_lock = asyncio.Lock()
+        async with self._init_lock:
+            if not self.ready:
+                await self.client.initialize()
+                self.ready = True
 
 
 class RedisStore(Store):
@@ -279,7 +293,7 @@ class RedisStore(Store):
         with self._lock:
             side = self._async_sides.get(loop)
             if side is None:
-                side = _Side(self._make_async_client(), loop, self.pool_size if self.cluster else 0)
+                side = _Side(self._make_async_client(), loop, gate=self.pool_size if self.cluster else 0)
                 self._async_sides[loop] = side
             self._last_async = side
         return side
@@ -300,7 +314,7 @@ class RedisStore(Store):
     async def _initialize_async(self) -> None:
         side = self._async()
         for script in (side.acquire, side.observe, side.lease):
-            script.sha = await side.client.script_load(script.script)
+            script.sha = await self._gated(side, functools.partial(side.client.script_load, script.script))
 
     def close(self) -> None:
         """Close the sync client's connections (the store reconnects if used again)."""
@@ -359,6 +373,17 @@ class RedisStore(Store):
 
     # -- the store protocol ------------------------------------------------------------------
 
+    @staticmethod
+    async def _gated(side: _Side, call: Callable[[], Awaitable[T]]) -> T:
+        """Run ``call()`` under the async cluster client's guards (see :class:`_Side`)."""
+        gate = side.gate
+        if gate is None:
+            return await call()
+        async with gate:
+            if not side.ready:
+                await side.warm_up()
+            return await call()
+
     def _acquire(self, slots: Sequence[Slot], cost: int, max_wait: float) -> Decision:
         keys, spec_args = self._prepare(slots)
         return _decision(self._sync().acquire(keys, self._call_args(cost, max_wait, _ACQUIRE, spec_args)))
@@ -367,10 +392,9 @@ class RedisStore(Store):
         keys, spec_args = self._prepare(slots)
         side = self._async()
         args = self._call_args(cost, max_wait, _ACQUIRE, spec_args)
-        if side.semaphore is not None:
-            async with side.semaphore:
-                return _decision(await side.acquire(keys, args))
-        return _decision(await side.acquire(keys, args))
+        if side.gate is None:
+            return _decision(await side.acquire(keys, args))
+        return _decision(await self._gated(side, lambda: side.acquire(keys, args)))
 
     def _peek(self, slots: Sequence[Slot]) -> Decision:
         keys, spec_args = self._prepare(slots)
@@ -379,11 +403,7 @@ class RedisStore(Store):
     async def _apeek(self, slots: Sequence[Slot]) -> Decision:
         keys, spec_args = self._prepare(slots)
         side = self._async()
-        args = self._call_args(1, 0.0, _PEEK, spec_args)
-        if side.semaphore is not None:
-            async with side.semaphore:
-                return _decision(await side.acquire(keys, args))
-        return _decision(await side.acquire(keys, args))
+        return _decision(await self._gated(side, lambda: side.acquire(keys, self._call_args(1, 0.0, _PEEK, spec_args))))
 
     @staticmethod
     def _observe_args(spec: Quota, obs: Observation) -> tuple[bytes, ...]:
@@ -401,12 +421,7 @@ class RedisStore(Store):
 
     async def _aobserve(self, key: str, spec: Quota, obs: Observation) -> None:
         side = self._async()
-        args = self._observe_args(spec, obs)
-        if side.semaphore is not None:
-            async with side.semaphore:
-                await side.observe((self.key_prefix + key,), args)
-        else:
-            await side.observe((self.key_prefix + key,), args)
+        await self._gated(side, lambda: side.observe((self.key_prefix + key,), self._observe_args(spec, obs)))
 
     @staticmethod
     def _lease_args(limit: int, lease_seconds: float, lease_id: str) -> tuple[bytes, ...]:
@@ -419,21 +434,14 @@ class RedisStore(Store):
     async def _alease_acquire(self, key: str, limit: int, lease_seconds: float, lease_id: str) -> LeaseDecision:
         side = self._async()
         args = self._lease_args(limit, lease_seconds, lease_id)
-        if side.semaphore is not None:
-            async with side.semaphore:
-                return _lease_decision(await side.lease((self.key_prefix + key,), args))
-        return _lease_decision(await side.lease((self.key_prefix + key,), args))
+        return _lease_decision(await self._gated(side, lambda: side.lease((self.key_prefix + key,), args)))
 
     def _lease_release(self, key: str, lease_id: str) -> None:
         self._sync().client.zrem(self.key_prefix + key, lease_id)
 
     async def _alease_release(self, key: str, lease_id: str) -> None:
         side = self._async()
-        if side.semaphore is not None:
-            async with side.semaphore:
-                await side.client.zrem(self.key_prefix + key, lease_id)
-        else:
-            await side.client.zrem(self.key_prefix + key, lease_id)
+        await self._gated(side, lambda: side.client.zrem(self.key_prefix + key, lease_id))
 
     def _reset(self, keys: Sequence[str]) -> None:
         if keys:
@@ -442,8 +450,4 @@ class RedisStore(Store):
     async def _areset(self, keys: Sequence[str]) -> None:
         if keys:
             side = self._async()
-            if side.semaphore is not None:
-                async with side.semaphore:
-                    await side.client.delete(*(self.key_prefix + k for k in keys))
-            else:
-                await side.client.delete(*(self.key_prefix + k for k in keys))
+            await self._gated(side, lambda: side.client.delete(*(self.key_prefix + k for k in keys)))
