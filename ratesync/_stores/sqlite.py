@@ -63,8 +63,11 @@ logger = logging.getLogger("ratesync")
 
 T = TypeVar("T")
 
-#: One statement of an operation: SQL, parameters, and whether it is an ``executemany``.
-_Request: TypeAlias = tuple[str, Any, bool]
+#: One statement of an operation: SQL, parameters, and how to run it (one of the three below).
+_Request: TypeAlias = tuple[str, Any, int]
+#: A query: its rows are sent back. A write: nothing is sent back (``[]``). ``executemany``.
+_QUERY, _WRITE, _MANY = 0, 1, 2
+_NO_ROWS: list[Any] = []  # what a write is sent back (never modified)
 #: An operation: yields statements, receives each one's rows, returns its result.
 _Op: TypeAlias = Generator[_Request, list[Any], T]
 
@@ -98,7 +101,10 @@ SCHEMA = (
 )
 
 SQL_GET = f"SELECT kind, num, data, expires_at FROM {STATE_TABLE} WHERE key = ?"
-SQL_PUT = f"INSERT OR REPLACE INTO {STATE_TABLE} (key, kind, num, data, expires_at) VALUES (?, ?, ?, ?, ?)"
+# The row was read under the write lock, so whether it exists is known: UPDATE or INSERT, not an
+# INSERT OR REPLACE (a delete and an insert in the B-tree: measured twice the cost). Same parameters.
+SQL_UPDATE = f"UPDATE {STATE_TABLE} SET kind = ?, num = ?, data = ?, expires_at = ? WHERE key = ?"
+SQL_INSERT = f"INSERT INTO {STATE_TABLE} (kind, num, data, expires_at, key) VALUES (?, ?, ?, ?, ?)"
 SQL_DELETE = f"DELETE FROM {STATE_TABLE} WHERE key = ?"
 SQL_LEASES = f"SELECT lease_id, expires_at FROM {LEASE_TABLE} WHERE key = ?"
 SQL_LEASE_PUT = f"INSERT OR REPLACE INTO {LEASE_TABLE} (key, lease_id, expires_at) VALUES (?, ?, ?)"
@@ -280,6 +286,7 @@ class SQLiteStore(Store):
         # The sync side: one connection for every thread of this process, used under ``_lock``.
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._cursor: sqlite3.Cursor | None = None  # reused by every statement: one object less per call
         # The async side: one aiosqlite connection per event loop (an asyncio lock belongs to one loop,
         # and one connection cannot interleave two loops' transactions); dropped with its loop.
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncSide] = weakref.WeakKeyDictionary()
@@ -338,7 +345,7 @@ class SQLiteStore(Store):
             self._after_fork()
             return
         with self._lock:
-            conn, self._conn = self._conn, None
+            conn, self._conn, self._cursor = self._conn, None, None
         if conn is not None:
             conn.close()
         if self._memory:
@@ -372,113 +379,124 @@ class SQLiteStore(Store):
         now = self._clock()
         if len(slots) == 1:
             key, spec = slots[0]
-            rows = yield (SQL_GET, (key,), False)
+            rows = yield (SQL_GET, (key,), _QUERY)
             decision, new_states = decide(
                 (_decode(spec, rows[0] if rows else None, now),), now, cost, (spec,), max_wait
             )
             if decision.allowed:
                 state = new_states[0]
-                if state is None:
-                    yield (SQL_DELETE, (key,), False)
-                else:
+                if state is not None:
                     kind, num, data = _encode(spec, state)
-                    yield (SQL_PUT, (key, kind, num, data, now + state_ttl(state, now, spec)), False)
-                yield from self._op_sweep(now, 1)
+                    params = (kind, num, data, now + state_ttl(state, now, spec), key)
+                    yield (SQL_UPDATE if rows else SQL_INSERT, params, _WRITE)
+                elif rows:
+                    yield (SQL_DELETE, (key,), _WRITE)
+                self._written += 1
+                if self._written >= _SWEEP_EVERY:
+                    yield from self._op_sweep(now)
             return decision
         keys = [key for key, _ in slots]
-        rows = yield (_sql_get_many(len(keys)), keys, False)
+        rows = yield (_sql_get_many(len(keys)), keys, _QUERY)
         found = {row[0]: row[1:] for row in rows}
         states = [_decode(spec, found.get(key), now) for key, spec in slots]
         decision, new_states = decide(states, now, cost, [spec for _, spec in slots], max_wait)
         if decision.allowed:
-            puts = []
-            deletes = []
+            updates: list[tuple[Any, ...]] = []
+            inserts: list[tuple[Any, ...]] = []
+            deletes: list[str] = []
             for (key, spec), state in zip(slots, new_states, strict=True):
-                if state is None:
-                    deletes.append(key)
-                else:
+                if state is not None:
                     kind, num, data = _encode(spec, state)
-                    puts.append((key, kind, num, data, now + state_ttl(state, now, spec)))
-            if puts:
-                yield (SQL_PUT, puts, True)
+                    params = (kind, num, data, now + state_ttl(state, now, spec), key)
+                    (updates if key in found else inserts).append(params)
+                elif key in found:
+                    deletes.append(key)
+            if updates:
+                yield (SQL_UPDATE, updates, _MANY)
+            if inserts:
+                yield (SQL_INSERT, inserts, _MANY)
             if deletes:
-                yield (_sql_delete_many(STATE_TABLE, len(deletes)), deletes, False)
-            yield from self._op_sweep(now, len(slots))
+                yield (_sql_delete_many(STATE_TABLE, len(deletes)), deletes, _WRITE)
+            self._written += len(slots)
+            if self._written >= _SWEEP_EVERY:
+                yield from self._op_sweep(now)
         return decision
 
     def _op_peek(self, slots: Sequence[Slot]) -> _Op[Decision]:
         now = self._clock()
         if len(slots) == 1:
             key, spec = slots[0]
-            rows = yield (SQL_GET, (key,), False)
+            rows = yield (SQL_GET, (key,), _QUERY)
             return peek((_decode(spec, rows[0] if rows else None, now),), now, (spec,))
         keys = [key for key, _ in slots]
-        rows = yield (_sql_get_many(len(keys)), keys, False)
+        rows = yield (_sql_get_many(len(keys)), keys, _QUERY)
         found = {row[0]: row[1:] for row in rows}
         return peek([_decode(spec, found.get(key), now) for key, spec in slots], now, [spec for _, spec in slots])
 
     def _op_observe(self, key: str, spec: Quota, obs: Observation) -> _Op[None]:
         now = self._clock()
-        rows = yield (SQL_GET, (key,), False)
+        rows = yield (SQL_GET, (key,), _QUERY)
         new_state = quota_observe(_decode(spec, rows[0] if rows else None, now), now, obs, spec)
         if new_state is not None:
             kind, num, data = _encode(spec, new_state)
-            yield (SQL_PUT, (key, kind, num, data, now + state_ttl(new_state, now, spec)), False)
-            yield from self._op_sweep(now, 1)
+            params = (kind, num, data, now + state_ttl(new_state, now, spec), key)
+            yield (SQL_UPDATE if rows else SQL_INSERT, params, _WRITE)
+            self._written += 1
+            if self._written >= _SWEEP_EVERY:
+                yield from self._op_sweep(now)
 
     def _op_lease_acquire(self, key: str, limit: int, lease_seconds: float, lease_id: str) -> _Op[LeaseDecision]:
         now = self._clock()
-        rows = yield (SQL_LEASES, (key,), False)
+        rows = yield (SQL_LEASES, (key,), _QUERY)
         leases = dict(rows)
         decision, live = lease_acquire(leases, now, limit, lease_seconds, lease_id)
         # Write the difference: leases the reference dropped (expired ones), and new or renewed ones.
         gone = [(key, lid) for lid in leases if lid not in live]
         if gone:
-            yield (SQL_LEASE_DELETE, gone, True)
+            yield (SQL_LEASE_DELETE, gone, _MANY)
         changed = [(key, lid, exp) for lid, exp in live.items() if leases.get(lid) != exp]
         if changed:
-            yield (SQL_LEASE_PUT, changed, True)
-            yield from self._op_sweep(now, len(changed))
+            yield (SQL_LEASE_PUT, changed, _MANY)
+            self._written += len(changed)
+            if self._written >= _SWEEP_EVERY:
+                yield from self._op_sweep(now)
         return decision
 
     def _op_lease_release(self, key: str, lease_id: str) -> _Op[None]:
-        yield (SQL_LEASE_DELETE, (key, lease_id), False)
+        yield (SQL_LEASE_DELETE, (key, lease_id), _WRITE)
 
     def _op_reset(self, keys: Sequence[str]) -> _Op[None]:
         keys = list(keys)
         if keys:
-            yield (_sql_delete_many(STATE_TABLE, len(keys)), keys, False)
-            yield (_sql_delete_many(LEASE_TABLE, len(keys)), keys, False)
+            yield (_sql_delete_many(STATE_TABLE, len(keys)), keys, _WRITE)
+            yield (_sql_delete_many(LEASE_TABLE, len(keys)), keys, _WRITE)
 
-    def _op_sweep(self, now: float, written: int) -> _Op[None]:
-        """Every ``_SWEEP_EVERY`` rows written, delete the expired among the next rows of each table."""
-        self._written += written
-        if self._written < _SWEEP_EVERY:
-            return
+    def _op_sweep(self, now: float) -> _Op[None]:
+        """Delete the expired among the next rows of each table (every ``_SWEEP_EVERY`` rows written)."""
         self._written = 0
         for table in (STATE_TABLE, LEASE_TABLE):
             start = self._sweep_from[table]
-            rows = yield (SQL_SWEEP_END[table], (start,), False)
+            rows = yield (SQL_SWEEP_END[table], (start,), _QUERY)
             if rows:
                 end = rows[0][0]
-                yield (SQL_SWEEP_RANGE[table], (start, end, now), False)
+                yield (SQL_SWEEP_RANGE[table], (start, end, now), _WRITE)
                 self._sweep_from[table] = end
             else:
-                yield (SQL_SWEEP_TAIL[table], (start, now), False)
+                yield (SQL_SWEEP_TAIL[table], (start, now), _WRITE)
                 self._sweep_from[table] = ""
 
     def _op_purge(self) -> _Op[int]:
         now = self._clock()
         deleted = 0
         for table in (STATE_TABLE, LEASE_TABLE):
-            yield (f"DELETE FROM {table} WHERE expires_at <= ?", (now,), False)
-            rows = yield ("SELECT changes()", (), False)
+            yield (f"DELETE FROM {table} WHERE expires_at <= ?", (now,), _WRITE)
+            rows = yield ("SELECT changes()", (), _QUERY)
             deleted += int(rows[0][0])
         return deleted
 
     def _op_count(self) -> _Op[int]:
         now = self._clock()
-        rows = yield (f"SELECT count(*) FROM {STATE_TABLE} WHERE expires_at > ?", (now,), False)
+        rows = yield (f"SELECT count(*) FROM {STATE_TABLE} WHERE expires_at > ?", (now,), _QUERY)
         return int(rows[0][0])
 
     # -- the backend protocol ------------------------------------------------------------------
@@ -550,25 +568,28 @@ class SQLiteStore(Store):
             self._after_fork()
         with self._lock:
             conn = self._conn
+            cursor = self._cursor
             try:
-                if conn is None:
+                if conn is None or cursor is None:
                     conn = self._conn = self._open()
+                    cursor = self._cursor = conn.cursor()
                 if write:
-                    self._begin(conn)
+                    self._begin(cursor)
                 try:
-                    request = next(op)
+                    sql, params, how = next(op)
                     while True:
-                        sql, params, many = request
-                        if many:
-                            conn.executemany(sql, params)
-                            rows: list[Any] = []
+                        if how == _QUERY:
+                            sql, params, how = op.send(cursor.execute(sql, params).fetchall())
                         else:
-                            rows = conn.execute(sql, params).fetchall()
-                        request = op.send(rows)
+                            if how == _WRITE:
+                                cursor.execute(sql, params)
+                            else:
+                                cursor.executemany(sql, params)
+                            sql, params, how = op.send(_NO_ROWS)
                 except StopIteration as stop:
                     result: T = stop.value
                 if write:
-                    conn.execute("COMMIT")
+                    conn.commit()
                 return result
             except BaseException as exc:
                 if write and conn is not None and conn.in_transaction:
@@ -579,7 +600,7 @@ class SQLiteStore(Store):
                     raise self._translate(exc) from exc
                 raise
 
-    def _begin(self, conn: sqlite3.Connection) -> None:
+    def _begin(self, conn: sqlite3.Connection | sqlite3.Cursor) -> None:
         # ``BEGIN IMMEDIATE`` takes the write lock before reading, so the state read is the state
         # overwritten. The busy timeout makes SQLite wait for it; a few busy cases return at once
         # without waiting (a WAL recovery in progress), so those are retried until the same deadline.
@@ -653,7 +674,7 @@ class SQLiteStore(Store):
         # A connection that failed for another reason than contention may be broken (the file was
         # removed, the disk failed): drop it so that the next call opens a fresh one.
         if _is_broken(exc):
-            conn, self._conn = self._conn, None
+            conn, self._conn, self._cursor = self._conn, None, None
             if conn is not None:
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
@@ -684,19 +705,21 @@ class SQLiteStore(Store):
                 if write:
                     await self._abegin(conn)
                 try:
-                    request = next(op)
+                    sql, params, how = next(op)
                     while True:
-                        sql, params, many = request
-                        if many:
-                            await conn.executemany(sql, params)
-                            rows: list[Any] = []
-                        else:
+                        if how == _QUERY:
                             rows = list(await conn.execute_fetchall(sql, params))
-                        request = op.send(rows)
+                        else:
+                            if how == _WRITE:
+                                await conn.execute_fetchall(sql, params)
+                            else:
+                                await conn.executemany(sql, params)
+                            rows = _NO_ROWS
+                        sql, params, how = op.send(rows)
                 except StopIteration as stop:
                     result: T = stop.value
                 if write:
-                    await conn.execute_fetchall("COMMIT")
+                    await conn.commit()
                 return result
             except BaseException as exc:
                 if conn is not None:
@@ -800,7 +823,7 @@ class SQLiteStore(Store):
             if self._pid == os.getpid():
                 return
             _ABANDONED.append((self._conn, list(self._async.values())))
-            self._conn = None
+            self._conn = self._cursor = None
             self._async = weakref.WeakKeyDictionary()
             # The parent's locks may have been held by a thread that does not exist here.
             self._lock = threading.Lock()
