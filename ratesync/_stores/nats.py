@@ -334,7 +334,9 @@ class NatsStore(Store):
         super().__init__(on_error=on_error, retry_interval=retry_interval, name=name)
         _require_nats()
         if not _BUCKET_RE.match(bucket):
-            raise ConfigurationError(f"bucket names allow letters, digits, '-' and '_' only, not {bucket!r}")
+            raise ConfigurationError(
+                f"bucket names allow letters, digits, '-' and '_' only, not {bucket!r}", key="bucket"
+            )
         if max_age <= 0 or connect_timeout <= 0 or request_timeout <= 0:
             raise ConfigurationError("max_age, connect_timeout and request_timeout must be greater than zero")
         if max_attempts < 1:
@@ -353,7 +355,15 @@ class NatsStore(Store):
         self.sync_clock = sync_clock
         self.clock_sync_interval = clock_sync_interval
         self._auth = {"user": user, "password": password, "token": token, "user_credentials": credentials}
+        # Everything that must never be logged: the options' secrets and those inside the urls
+        # (a user name without a password is a token in NATS).
         self._secrets = [s for s in (password, token) if s]
+        for server in self.servers:
+            with contextlib.suppress(ValueError):
+                parts = urlsplit(server)
+                secret = parts.password if parts.password is not None else parts.username
+                if secret:
+                    self._secrets.append(secret)
         self._clock = clock if clock is not None else (time.monotonic if sync_clock else time.time)
         # Until the first calibration, assume the client's wall clock is right.
         self._offset = time.time() - self._clock() if sync_clock else 0.0
@@ -382,10 +392,9 @@ class NatsStore(Store):
             value = options.get(key)
             return None if value is None else as_str(value, key)
 
-        bucket = options.get("bucket", "ratesync")
         store = cls(
             as_str(options.get("url", "nats://127.0.0.1:4222"), "url"),
-            bucket=as_str(bucket, "bucket"),
+            bucket=as_str(options.get("bucket", "ratesync"), "bucket"),
             max_age=as_float(options.get("max_age", 86400.0), "max_age"),
             user=opt_str("user"),
             password=opt_str("password"),
@@ -399,8 +408,6 @@ class NatsStore(Store):
             on_error=options.get("on_error", "closed"),
             retry_interval=as_float(options.get("retry_interval", 1.0), "retry_interval"),
         )
-        if not _BUCKET_RE.match(store.bucket):  # pragma: no cover - the constructor checks it
-            raise ConfigurationError("invalid bucket name", key="bucket")
         return store
 
     def describe(self) -> str:
