@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -127,6 +128,7 @@ class RateLimitedTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
         )
         self._sleep = sleep
         self._async_sleep = async_sleep
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<RateLimitedTransport {self.policy!r}>"
@@ -142,7 +144,12 @@ class RateLimitedTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
 
     def _sync_inner(self) -> httpx.BaseTransport:
         inner = self._sync
-        if inner is None:
+        if inner is not None:
+            return inner
+        with self._lock:  # threads sharing a Client must not each make (and leak) a transport
+            inner = self._sync
+            if inner is not None:
+                return inner
             if self._given is not None:
                 raise TypeError(
                     f"RateLimitedTransport wraps {type(self._given).__name__}, which is not a sync transport: "
@@ -153,7 +160,12 @@ class RateLimitedTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
 
     def _async_inner(self) -> httpx.AsyncBaseTransport:
         inner = self._async
-        if inner is None:
+        if inner is not None:
+            return inner
+        with self._lock:
+            inner = self._async
+            if inner is not None:
+                return inner
             if self._given is not None:
                 raise TypeError(
                     f"RateLimitedTransport wraps {type(self._given).__name__}, which is not an async transport: "

@@ -39,6 +39,8 @@ class UpstreamStats:
     max_per_window: int
     #: Windows in which at least one request was refused.
     windows_with_429: int
+    #: The most requests refused in any one of its windows.
+    max_429_per_window: int
     #: Seconds from the first to the last accepted request.
     span: float
     #: Most requests in flight at once.
@@ -133,7 +135,7 @@ class LocalUpstream:
             self._accepted = 0
             self._rejected = 0
             self._per_window: dict[float, int] = {}
-            self._rejected_windows: set[float] = set()
+            self._rejected_windows: dict[float, int] = {}
             self._first: float | None = None
             self._last: float | None = None
             self._in_flight = 0
@@ -147,6 +149,7 @@ class LocalUpstream:
                 rejected=self._rejected,
                 max_per_window=max(self._per_window.values(), default=0),
                 windows_with_429=len(self._rejected_windows),
+                max_429_per_window=max(self._rejected_windows.values(), default=0),
                 span=span,
                 max_in_flight=self._max_in_flight,
             )
@@ -172,7 +175,7 @@ class LocalUpstream:
                 self._last = now
             else:
                 self._rejected += 1
-                self._rejected_windows.add(start)
+                self._rejected_windows[start] = self._rejected_windows.get(start, 0) + 1
             remaining = self.limit - self._count
         headers: dict[str, str] = {}
         # Rounded up, so a client that trusts the reset never comes back early.
@@ -225,7 +228,7 @@ class LocalUpstream:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = _answer
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the stdlib's name
+            def log_message(self, format: str, *args: object) -> None:
                 pass
 
         return Handler
