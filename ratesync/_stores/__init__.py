@@ -56,6 +56,7 @@ ENGINE_OPTIONS: dict[str, frozenset[str]] = {
             "synchronous_commit",
             "auto_create",
             "application_name",
+            "batch",
         }
     ),
     "sqlite": frozenset({"path", "url", "busy_timeout"}),

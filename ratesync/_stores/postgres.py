@@ -127,10 +127,16 @@ def _check_ident(value: str, key: str, *, allow_empty: bool = False) -> None:
 
 @dataclass
 class _Pool:
-    """One asyncpg pool, bound to the loop it was created on (and to the process that made it)."""
+    """One asyncpg pool, bound to the loop it was created on (and to the process that made it).
+
+    ``inflight`` holds, for each set of slots with a statement under way on this loop, the calls
+    that arrived meanwhile (``(cost, max_wait, future)``): they go together in the next statement.
+    """
 
     pool: Any
     pid: int = field(default_factory=os.getpid)
+    inflight: dict[tuple[Slot, ...], list[tuple[int, float, asyncio.Future[Decision]]]] = field(default_factory=dict)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 async def _no_reset(connection: Any) -> None:
@@ -170,6 +176,7 @@ class PostgresStore(Store):
             "synchronous_commit",
             "auto_create",
             "application_name",
+            "batch",
         }
     )
 
@@ -187,6 +194,7 @@ class PostgresStore(Store):
         synchronous_commit: str | bool | None = "off",
         auto_create: bool = True,
         application_name: str = "ratesync",
+        batch: bool = True,
         name: str = "",
         on_error: OnError = "closed",
         retry_interval: float = 1.0,
@@ -223,6 +231,7 @@ class PostgresStore(Store):
         self.synchronous_commit = synchronous_commit
         self.auto_create = auto_create
         self.application_name = application_name
+        self.batch = batch
         password = urlsplit(url).password if url else None
         self._secrets = [password] if password else []
         # A synchronous call waits for connecting and one statement, plus a margin.
@@ -238,6 +247,9 @@ class PostgresStore(Store):
         self._sql_acquire = f"SELECT allowed, wait, remaining, reset_after, lim FROM {t}acquire($1, $2, $3, $4, $5, $6)"
         self._sql_acquire_at = (
             f"SELECT allowed, wait, remaining, reset_after, lim FROM {t}acquire($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        )
+        self._sql_batch = (
+            f"SELECT allowed, wait, remaining, reset_after, lim FROM {t}acquire_batch($1, $2, $3, $4, $5, $6, $7, $8)"
         )
         self._sql_peek = (
             f"SELECT allowed, wait, remaining, reset_after, lim FROM {t}acquire($1, $2, $3, $4, 1, 0, true)"
@@ -264,7 +276,7 @@ class PostgresStore(Store):
         for key in ("connect_timeout", "command_timeout", "retry_interval"):
             if key in options:
                 kwargs[key] = as_float(options[key], key)
-        for key in ("unlogged", "auto_create"):
+        for key in ("unlogged", "auto_create", "batch"):
             if key in options:
                 kwargs[key] = as_bool(options[key], key)
         if "ssl" in options:
@@ -326,13 +338,16 @@ class PostgresStore(Store):
 
     async def _pool(self) -> Any:
         """The pool of the running loop (created on first use), with the schema checked once."""
+        return (await self._entry()).pool
+
+    async def _entry(self) -> _Pool:
         loop = asyncio.get_running_loop()
         entry = self._pools.get(loop)
         if entry is None or entry.pid != os.getpid():
             entry = await self._open_pool(loop)
         if not self._ready:
             await self._ensure_schema(entry.pool)
-        return entry.pool
+        return entry
 
     async def _open_pool(self, loop: asyncio.AbstractEventLoop) -> _Pool:
         with self._lock:
@@ -526,23 +541,28 @@ class PostgresStore(Store):
     # -- running statements --------------------------------------------------------------------
 
     async def _fetchrow(self, sql: str, *args: Any) -> Any:
+        return await self._statement(sql, args, many=False)
+
+    async def _statement(self, sql: str, args: tuple[Any, ...], *, many: bool) -> Any:
         pool = await self._pool()
         try:
-            return await self._fetchrow_on(pool, sql, args)
+            return await self._run_on(pool, sql, args, many)
         except self._missing_schema():
             if not self.auto_create:
                 raise
             # Someone dropped the tables (or the schema) under a running store: install again, once.
             self._ready = False
             pool = await self._pool()
-            return await self._fetchrow_on(pool, sql, args)
+            return await self._run_on(pool, sql, args, many)
         except self._backend_errors() as exc:
             if self._secrets and any(s in str(exc) for s in self._secrets):
                 raise StoreError(self._scrub(f"{type(exc).__name__}: {exc}")) from None
             raise
 
-    async def _fetchrow_on(self, pool: Any, sql: str, args: tuple[Any, ...]) -> Any:
+    async def _run_on(self, pool: Any, sql: str, args: tuple[Any, ...], many: bool) -> Any:
         async with pool.acquire(timeout=self.connect_timeout) as conn:
+            if many:
+                return await conn.fetch(sql, *args, timeout=self.command_timeout)
             return await conn.fetchrow(sql, *args, timeout=self.command_timeout)
 
     async def _fetch(self, sql: str, *args: Any) -> list[Any]:
@@ -564,11 +584,74 @@ class PostgresStore(Store):
         base: float | None = None,
     ) -> Decision:
         keys, kinds, a, b = _encode_slots(slots)
-        if now is None and base is None:
-            row = await self._fetchrow(self._sql_acquire, keys, kinds, a, b, cost, float(max_wait))
-        else:
+        if now is not None or base is not None:
             row = await self._fetchrow(self._sql_acquire_at, keys, kinds, a, b, cost, float(max_wait), False, now, base)
-        return Decision(row[0], row[1], row[2], row[3], row[4])
+            return Decision(row[0], row[1], row[2], row[3], row[4])
+        if not self.batch:
+            row = await self._fetchrow(self._sql_acquire, keys, kinds, a, b, cost, float(max_wait))
+            return Decision(row[0], row[1], row[2], row[3], row[4])
+        # Natural batching: while a statement for these slots is under way on this loop, calls for
+        # the same slots wait for it and then go together in ONE statement (acquire_batch), decided
+        # in arrival order. A call is never delayed when nothing is under way, and a hot key costs
+        # one lock hand-over per batch instead of one per call.
+        entry = await self._entry()
+        signature = tuple(slots)
+        queue = entry.inflight.get(signature)
+        if queue is not None:
+            future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+            queue.append((cost, float(max_wait), future))
+            return await future
+        entry.inflight[signature] = []
+        try:
+            row = await self._fetchrow(self._sql_acquire, keys, kinds, a, b, cost, float(max_wait))
+            return Decision(row[0], row[1], row[2], row[3], row[4])
+        finally:
+            self._drain(entry, signature)
+
+    def _drain(self, entry: _Pool, signature: tuple[Slot, ...]) -> None:
+        """Send the calls that queued behind a finished statement, if any, as one batch."""
+        queue = entry.inflight.get(signature)
+        waiting = [item for item in queue if not item[2].done()] if queue else []
+        if not waiting:
+            entry.inflight.pop(signature, None)
+            return
+        entry.inflight[signature] = []
+        task = asyncio.get_running_loop().create_task(self._run_batch(entry, signature, waiting))
+        entry.tasks.add(task)
+        task.add_done_callback(entry.tasks.discard)
+
+    async def _run_batch(
+        self,
+        entry: _Pool,
+        signature: tuple[Slot, ...],
+        waiting: list[tuple[int, float, asyncio.Future[Decision]]],
+    ) -> None:
+        keys, kinds, a, b = _encode_slots(signature)
+        try:
+            if len(waiting) == 1:
+                cost, max_wait, _ = waiting[0]
+                rows = [await self._fetchrow(self._sql_acquire, keys, kinds, a, b, cost, max_wait)]
+            else:
+                costs = [item[0] for item in waiting]
+                max_waits = [item[1] for item in waiting]
+                rows = await self._statement(
+                    self._sql_batch, (keys, kinds, a, b, costs, max_waits, None, None), many=True
+                )
+        except BaseException as exc:
+            for _, _, future in waiting:
+                if not future.done():
+                    if isinstance(exc, asyncio.CancelledError):
+                        future.cancel()
+                    else:
+                        future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for (_, _, future), row in zip(waiting, rows, strict=True):
+                if not future.done():
+                    future.set_result(Decision(row[0], row[1], row[2], row[3], row[4]))
+        finally:
+            self._drain(entry, signature)
 
     async def _run_peek(
         self, slots: Sequence[Slot], *, now: float | None = None, base: float | None = None

@@ -359,9 +359,80 @@ BEGIN
 END
 $fn$;
 
--- Acquire (or, with p_peek, look): a port of decide() / peek() over the keys of one call, all
--- or nothing. p_kinds/p_a/p_b give each key's limit (see step). p_now/p_base are for tests:
--- NULL (the default) means the database's clock.
+-- Several limits as one: a port of decide() (and, with p_peek, of peek()) over live states
+-- p_rows (a NULL kind: no state). new_rows: the states to store if allowed. Pure.
+CREATE OR REPLACE FUNCTION {schema}.{prefix}decide(
+    p_kinds smallint[], p_a float8[], p_b float8[], p_rows {schema}.{prefix}state[],
+    p_now float8, p_cost integer, p_max_wait float8, p_base float8, p_peek boolean,
+    OUT allowed boolean, OUT wait float8, OUT remaining float8, OUT reset_after float8, OUT lim float8,
+    OUT new_rows {schema}.{prefix}state[])
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $fn$
+DECLARE
+    eps CONSTANT float8 := 1e-9;
+    n integer := cardinality(p_kinds);
+    v_cost integer := CASE WHEN p_peek THEN 1 ELSE p_cost END;
+    v_max_wait float8 := CASE WHEN p_peek THEN 0.0 ELSE p_max_wait END;
+    r record;
+    i integer;
+    v_at float8;
+    v_rem float8;
+    v_max_reset float8;
+BEGIN
+    new_rows := '{}';
+    IF n = 1 THEN
+        r := {schema}.{prefix}step(p_kinds[1], p_a[1], p_b[1], p_rows[1], p_now, v_cost, v_max_wait, p_base, p_now);
+        allowed := r.o_allowed; wait := r.o_wait; remaining := r.o_remaining;
+        reset_after := r.o_reset_after; lim := r.o_limit;
+        new_rows[1] := r.o_row;
+    ELSE
+        -- Each limit says when it could admit the call; the call is placed at the latest of those
+        -- times in every limit, or refused with nothing charged.
+        FOR i IN 1..n LOOP
+            r := {schema}.{prefix}step(p_kinds[i], p_a[i], p_b[i], p_rows[i], p_now, v_cost, 'Infinity', p_base, p_now);
+            IF v_at IS NULL OR r.o_wait > v_at THEN
+                v_at := r.o_wait;
+                reset_after := r.o_reset_after;
+                lim := r.o_limit;
+            END IF;
+        END LOOP;
+        IF v_at > v_max_wait + eps THEN
+            FOR i IN 1..n LOOP
+                r := {schema}.{prefix}step(p_kinds[i], p_a[i], p_b[i], p_rows[i], p_now, 1, 0.0, p_base, p_now);
+                r.o_remaining := CASE WHEN r.o_allowed THEN r.o_remaining + 1 ELSE r.o_remaining END;
+                IF v_rem IS NULL OR r.o_remaining < v_rem THEN
+                    v_rem := r.o_remaining;
+                END IF;
+            END LOOP;
+            allowed := false; wait := v_at; remaining := v_rem;
+            RETURN;
+        END IF;
+        FOR i IN 1..n LOOP
+            -- Expiry from the call's clock (p_now), as the reference's state_ttl(new_state, now).
+            r := {schema}.{prefix}step(p_kinds[i], p_a[i], p_b[i], p_rows[i], p_now + v_at, v_cost, 0.0, p_base, p_now);
+            new_rows[i] := r.o_row;
+            IF v_rem IS NULL OR r.o_remaining < v_rem THEN
+                v_rem := r.o_remaining;
+                lim := r.o_limit;
+            END IF;
+            IF v_max_reset IS NULL OR r.o_reset_after > v_max_reset THEN
+                v_max_reset := r.o_reset_after;
+            END IF;
+        END LOOP;
+        allowed := true;
+        wait := v_at;
+        remaining := CASE WHEN v_at = 0.0 THEN v_rem ELSE 0.0 END;
+        reset_after := v_max_reset + v_at;
+    END IF;
+    IF p_peek AND allowed THEN
+        wait := 0.0;
+        remaining := remaining + 1;
+    END IF;
+END
+$fn$;
+
+-- Acquire (or, with p_peek, look): decide() over the keys of one call, all or nothing, under the
+-- keys' locks, with the database's clock. p_kinds/p_a/p_b give each key's limit (see step).
+-- p_now/p_base are for tests: NULL (the default) means the database's clock.
 CREATE OR REPLACE FUNCTION {schema}.{prefix}acquire(
     p_keys text[], p_kinds smallint[], p_a float8[], p_b float8[], p_cost integer, p_max_wait float8,
     p_peek boolean DEFAULT false, p_now float8 DEFAULT NULL, p_base float8 DEFAULT NULL,
@@ -377,14 +448,16 @@ DECLARE
     v_h bigint;
     v_f boolean;
     v_row {schema}.{prefix}state;
+    v_out {schema}.{prefix}state;
     v_rows {schema}.{prefix}state[] := '{}';
-    v_new {schema}.{prefix}state[] := '{}';
     v_found boolean[] := '{}';
     r record;
     i integer;
     v_at float8;
-    v_rem float8;
-    v_max_reset float8;
+    v_interval float8;
+    v_span float8;
+    v_tat float8;
+    v_new_tat float8;
 BEGIN
     IF NOT p_peek THEN
         IF n = 1 THEN
@@ -405,29 +478,75 @@ BEGIN
         IF NOT v_f OR v_row.kind <> p_kinds[1] OR NOT (v_row.expires_at - v_base > v_now) THEN
             v_row := NULL;
         END IF;
-        r := {schema}.{prefix}step(p_kinds[1], p_a[1], p_b[1], v_row, v_now, v_cost, v_max_wait, v_base, v_now);
-        IF p_peek THEN
-            IF r.o_allowed THEN
-                allowed := true; wait := 0.0; remaining := r.o_remaining + 1;
-            ELSE
-                allowed := false; wait := r.o_wait; remaining := r.o_remaining;
+        IF p_kinds[1] = 1 THEN
+            -- The hot path, a token bucket alone: step's GCRA inlined (a nested PL/pgSQL call
+            -- costs as much as the algorithm, and this runs while the key's lock is held).
+            v_interval := 1.0 / p_a[1];
+            v_span := p_b[1] * v_interval;
+            v_tat := v_row.v1 - v_base;
+            IF v_tat IS NULL OR v_tat < v_now THEN
+                v_tat := v_now;
             END IF;
+            v_new_tat := v_tat + v_cost * v_interval;
+            v_at := v_new_tat - v_span - v_now;
+            IF v_at <= eps THEN
+                v_at := 0.0;
+            END IF;
+            lim := p_b[1];
+            IF v_at <= v_max_wait + eps THEN
+                allowed := true;
+                wait := v_at;
+                remaining := CASE WHEN v_at = 0.0
+                    THEN greatest(0.0, floor((v_span - (v_new_tat - v_now)) / v_interval + eps)) ELSE 0.0 END;
+                reset_after := v_new_tat - v_now;
+                v_out.kind := 1;
+                v_out.v1 := v_new_tat + v_base;
+                v_out.expires_at := (v_base + v_now) + greatest(0.0, v_new_tat - v_now);
+            ELSE
+                allowed := false;
+                wait := v_at;
+                remaining := greatest(0.0, floor((v_span - (v_tat - v_now)) / v_interval + eps));
+                reset_after := v_tat - v_now;
+            END IF;
+        ELSE
+            r := {schema}.{prefix}step(p_kinds[1], p_a[1], p_b[1], v_row, v_now, v_cost, v_max_wait, v_base, v_now);
+            allowed := r.o_allowed; wait := r.o_wait; remaining := r.o_remaining;
             reset_after := r.o_reset_after; lim := r.o_limit;
+            v_out := r.o_row;
+        END IF;
+        IF p_peek THEN
+            IF allowed THEN
+                wait := 0.0;
+                remaining := remaining + 1;
+            END IF;
             RETURN;
         END IF;
-        IF r.o_allowed THEN
-            PERFORM {schema}.{prefix}put(p_keys[1], r.o_row, v_f);
-            IF random() < 0.015625 THEN
-                PERFORM {schema}.{prefix}sweep(v_base + v_now);
+        IF NOT allowed THEN
+            RETURN;
+        END IF;
+        -- put(), inlined for the same reason.
+        IF v_out.kind IS NULL THEN
+            IF v_f THEN
+                DELETE FROM {schema}.{prefix}state s WHERE s.key = p_keys[1];
+            END IF;
+        ELSE
+            IF v_f THEN
+                UPDATE {schema}.{prefix}state s
+                   SET kind = v_out.kind, v1 = v_out.v1, v2 = v_out.v2, v3 = v_out.v3, v4 = v_out.v4,
+                       ts = v_out.ts, cs = v_out.cs, expires_at = v_out.expires_at
+                 WHERE s.key = p_keys[1];
+                v_f := FOUND;
+            END IF;
+            IF NOT v_f THEN
+                PERFORM {schema}.{prefix}put(p_keys[1], v_out, false);
             END IF;
         END IF;
-        allowed := r.o_allowed; wait := r.o_wait; remaining := r.o_remaining;
-        reset_after := r.o_reset_after; lim := r.o_limit;
+        IF random() < 0.015625 THEN
+            PERFORM {schema}.{prefix}sweep(v_base + v_now);
+        END IF;
         RETURN;
     END IF;
 
-    -- Several limits: each says when it could admit the call; the call is placed at the latest
-    -- of those times in every limit, or refused with nothing charged.
     FOR i IN 1..n LOOP
         SELECT s.* INTO v_row FROM {schema}.{prefix}state s WHERE s.key = p_keys[i];
         v_found[i] := FOUND;
@@ -436,51 +555,77 @@ BEGIN
         END IF;
         v_rows[i] := v_row;
     END LOOP;
-    FOR i IN 1..n LOOP
-        r := {schema}.{prefix}step(p_kinds[i], p_a[i], p_b[i], v_rows[i], v_now, v_cost, 'Infinity', v_base, v_now);
-        IF v_at IS NULL OR r.o_wait > v_at THEN
-            v_at := r.o_wait;
-            reset_after := r.o_reset_after;
-            lim := r.o_limit;
-        END IF;
-    END LOOP;
-    IF v_at > v_max_wait + eps THEN
-        FOR i IN 1..n LOOP
-            r := {schema}.{prefix}step(p_kinds[i], p_a[i], p_b[i], v_rows[i], v_now, 1, 0.0, v_base, v_now);
-            r.o_remaining := CASE WHEN r.o_allowed THEN r.o_remaining + 1 ELSE r.o_remaining END;
-            IF v_rem IS NULL OR r.o_remaining < v_rem THEN
-                v_rem := r.o_remaining;
-            END IF;
-        END LOOP;
-        allowed := false; wait := v_at; remaining := v_rem;
+    r := {schema}.{prefix}decide(p_kinds, p_a, p_b, v_rows, v_now, v_cost, v_max_wait, v_base, p_peek);
+    allowed := r.allowed; wait := r.wait; remaining := r.remaining; reset_after := r.reset_after; lim := r.lim;
+    IF p_peek OR NOT allowed THEN
         RETURN;
     END IF;
     FOR i IN 1..n LOOP
-        r := {schema}.{prefix}step(p_kinds[i], p_a[i], p_b[i], v_rows[i], v_now + v_at, v_cost, 0.0, v_base, v_now);
-        v_new[i] := r.o_row;
-        IF v_rem IS NULL OR r.o_remaining < v_rem THEN
-            v_rem := r.o_remaining;
-            lim := r.o_limit;
-        END IF;
-        IF v_max_reset IS NULL OR r.o_reset_after > v_max_reset THEN
-            v_max_reset := r.o_reset_after;
-        END IF;
-    END LOOP;
-    allowed := true;
-    reset_after := v_max_reset + v_at;
-    IF p_peek THEN
-        wait := 0.0;
-        remaining := (CASE WHEN v_at = 0.0 THEN v_rem ELSE 0.0 END) + 1;
-        RETURN;
-    END IF;
-    FOR i IN 1..n LOOP
-        PERFORM {schema}.{prefix}put(p_keys[i], v_new[i], v_found[i]);
+        PERFORM {schema}.{prefix}put(p_keys[i], r.new_rows[i], v_found[i]);
     END LOOP;
     IF random() < 0.015625 THEN
         PERFORM {schema}.{prefix}sweep(v_base + v_now);
     END IF;
-    wait := v_at;
-    remaining := CASE WHEN v_at = 0.0 THEN v_rem ELSE 0.0 END;
+END
+$fn$;
+
+-- Several acquires of the same keys and limits at once (calls that queued behind each other in
+-- one client): the same as calling acquire for each in order at one instant, one row each, in
+-- order. One lock, one read and one write per key for the whole batch.
+CREATE OR REPLACE FUNCTION {schema}.{prefix}acquire_batch(
+    p_keys text[], p_kinds smallint[], p_a float8[], p_b float8[], p_costs integer[], p_max_waits float8[],
+    p_now float8 DEFAULT NULL, p_base float8 DEFAULT NULL)
+RETURNS TABLE (allowed boolean, wait float8, remaining float8, reset_after float8, lim float8)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    n integer := cardinality(p_keys);
+    v_base float8;
+    v_now float8;
+    v_h bigint;
+    v_row {schema}.{prefix}state;
+    v_rows {schema}.{prefix}state[] := '{}';
+    v_live {schema}.{prefix}state[] := '{}';
+    v_found boolean[] := '{}';
+    v_changed boolean := false;
+    r record;
+    i integer;
+    j integer;
+BEGIN
+    FOR v_h IN SELECT DISTINCT hashtextextended(k, {lock_space}) FROM unnest(p_keys) k ORDER BY 1 LOOP
+        PERFORM pg_advisory_xact_lock(v_h);
+    END LOOP;
+    v_base := coalesce(p_base, CASE WHEN p_now IS NULL THEN extract(epoch FROM clock_timestamp())::float8 ELSE 0.0 END);
+    v_now := coalesce(p_now, 0.0);
+    FOR i IN 1..n LOOP
+        SELECT s.* INTO v_row FROM {schema}.{prefix}state s WHERE s.key = p_keys[i];
+        v_found[i] := FOUND;
+        v_rows[i] := v_row;
+    END LOOP;
+    FOR j IN 1..cardinality(p_costs) LOOP
+        FOR i IN 1..n LOOP
+            -- As the reference store does on every call: a state of another kind, or expired, is none.
+            v_row := v_rows[i];
+            IF v_row.kind IS NULL OR v_row.kind <> p_kinds[i] OR NOT (v_row.expires_at - v_base > v_now) THEN
+                v_row := NULL;
+            END IF;
+            v_live[i] := v_row;
+        END LOOP;
+        r := {schema}.{prefix}decide(p_kinds, p_a, p_b, v_live, v_now, p_costs[j], p_max_waits[j], v_base, false);
+        IF r.allowed THEN
+            v_rows := r.new_rows;
+            v_changed := true;
+        END IF;
+        allowed := r.allowed; wait := r.wait; remaining := r.remaining; reset_after := r.reset_after; lim := r.lim;
+        RETURN NEXT;
+    END LOOP;
+    IF v_changed THEN
+        FOR i IN 1..n LOOP
+            PERFORM {schema}.{prefix}put(p_keys[i], v_rows[i], v_found[i]);
+        END LOOP;
+        IF random() < 0.015625 THEN
+            PERFORM {schema}.{prefix}sweep(v_base + v_now);
+        END IF;
+    END IF;
 END
 $fn$;
 

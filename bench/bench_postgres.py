@@ -1,0 +1,125 @@
+"""PostgreSQL store: acquires per second on one key against asyncpg ``SELECT 1``, measured in one run.
+
+    python bench/bench_postgres.py [--url postgresql://root@127.0.0.1:5432/test] [--seconds 2] [--quick]
+
+For each durability setting (logged or UNLOGGED tables; synchronous_commit on or off) the store's
+``aacquire`` on ONE key (a token bucket that never refuses, so every call writes) runs
+sequentially and from 50 concurrent tasks; the baseline is ``SELECT 1`` through the same pool
+(same size, same number of tasks). Targets (issue #4): >= 0.6x sequential, >= 0.4x with 50 tasks.
+The sync API (through the portal thread) is measured too, for reference. Every setting uses a
+schema of its own, dropped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ratesync import TokenBucket
+from ratesync._stores.postgres import PostgresStore
+
+SETTINGS = [
+    ("logged, sync commit on", False, "on"),
+    ("logged, sync commit off", False, "off"),
+    ("unlogged, sync commit on", True, "on"),
+    ("unlogged, sync commit off", True, "off"),
+]
+
+
+async def rate(op: Callable[[], Awaitable[Any]], tasks: int, seconds: float) -> float:
+    """Calls per second of ``op`` from ``tasks`` concurrent tasks over about ``seconds``."""
+    count = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal count
+        n = 0
+        while time.perf_counter() < deadline:
+            for _ in range(20):
+                await op()
+            n += 20
+        count += n
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(tasks)))
+    return count / (time.perf_counter() - start)
+
+
+def sync_rate(op: Callable[[], Any], seconds: float) -> float:
+    count = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    while time.perf_counter() < deadline:
+        for _ in range(20):
+            op()
+        count += 20
+    return count / (time.perf_counter() - start)
+
+
+async def bench_setting(url: str, label: str, unlogged: bool, sync_commit: str, seconds: float, pool_size: int) -> list[Any]:
+    schema = f"rs_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    store = PostgresStore(
+        url, schema=schema, unlogged=unlogged, synchronous_commit=sync_commit, pool_size=pool_size, name="bench"
+    )
+    rows = []
+    try:
+        await store.ainitialize()
+        pool = await store._pool()
+        slots = [("{bench:one}#0", TokenBucket(rate_per_second=1e9, burst=1_000_000))]
+
+        async def select_one() -> None:
+            # The pool of the running loop, as the store's own calls use (the portal has its own).
+            async with (await store._pool()).acquire() as conn:
+                await conn.fetchrow("SELECT 1")
+
+        async def acquire() -> None:
+            d = await store.aacquire(slots)
+            assert d.allowed
+
+        # Warm up: connections made, statements prepared, the row exists.
+        await rate(select_one, 50, 0.3)
+        await rate(acquire, 50, 0.3)
+        for tasks in (1, 50):
+            base = await rate(select_one, tasks, seconds)
+            mine = await rate(acquire, tasks, seconds)
+            rows.append((label, f"async, {tasks} task{'s' if tasks > 1 else ''}", base, mine))
+        sync_base = await asyncio.to_thread(sync_rate, lambda: store._sync(select_one), seconds)
+        sync_mine = await asyncio.to_thread(sync_rate, lambda: store.acquire(slots), seconds)
+        rows.append((label, "sync (portal), 1 thread", sync_base, sync_mine))
+    finally:
+        conn = await pool.acquire()
+        try:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        finally:
+            await pool.release(conn)
+        await store.aclose()
+        store.close()
+    return rows
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default=os.environ.get("RATESYNC_PG_URL", "postgresql://root@127.0.0.1:5432/test"))
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--pool-size", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="0.5 s per measurement")
+    args = parser.parse_args()
+    seconds = 0.5 if args.quick else args.seconds
+    rows = []
+    for label, unlogged, sync_commit in SETTINGS:
+        rows.extend(await bench_setting(args.url, label, unlogged, sync_commit, seconds, args.pool_size))
+    print(f"pool_size={args.pool_size}, {seconds:.1f} s per measurement, one key (every call admitted and written)")
+    print()
+    print(f"| {'setting':<26} | {'mode':<24} | {'SELECT 1 /s':>11} | {'acquire /s':>10} | {'ratio':>5} |")
+    print(f"|{'-' * 28}|{'-' * 26}|{'-' * 13}|{'-' * 12}|{'-' * 7}|")
+    for label, mode, base, mine in rows:
+        print(f"| {label:<26} | {mode:<24} | {base:>11,.0f} | {mine:>10,.0f} | {mine / base:>5.2f} |")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
