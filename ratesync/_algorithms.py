@@ -343,7 +343,9 @@ def quota_observe(state: QuotaState | None, now: float, obs: Observation, spec: 
 
     Responses of the same window (resets within a tolerance) can only lower ``remaining``: a
     response that was in flight longer carries an older, higher count. A later reset starts a new
-    window. A shorter or earlier claim never shortens a block already learned.
+    window. A response about an earlier window changes nothing but the known limit and window, so
+    a shorter or earlier claim never shortens a block already learned, nor empties a window the
+    mirror has already rolled into.
     """
     reset_after = min(max(0.0, obs.reset_after), spec.max_cooldown)
     reset_at = now + reset_after
@@ -360,9 +362,13 @@ def quota_observe(state: QuotaState | None, now: float, obs: Observation, spec: 
         if window is None:
             window = state.window
         tolerance = min(1.0, 0.5 * window) if window else 1.0
+        if reset_at < state.reset_at - tolerance:
+            # About an earlier window than the mirror's: the mirror has moved on (reservations
+            # rolled it into a later window, or a later response was folded in first). Only what
+            # it says of the limit and the window is kept. A Retry-After cooldown is not a window:
+            # callers keep cooldowns under a key of their own (see ratesync_http).
+            return QuotaState(state.reset_at, state.remaining, limit, window)
         if reset_at <= state.reset_at + tolerance:
-            if reset_at < state.reset_at - tolerance and remaining >= state.remaining:
-                return QuotaState(state.reset_at, state.remaining, limit, window)
             return QuotaState(max(reset_at, state.reset_at), min(remaining, state.remaining), limit, window)
     elif window is None and limit is not None and reset_after > 0:
         window = reset_after

@@ -289,3 +289,31 @@ def test_leases() -> None:
     # "a" expires at 10: its slot comes back without anyone releasing it.
     d4, leases = lease_acquire(leases, 10.5, 2, 10.0, "c")
     assert d4.acquired and set(leases) == {"b", "c"}
+
+
+def test_quota_observe_ignores_a_response_about_an_earlier_window() -> None:
+    # Reservations rolled the mirror into [10, 11); a late response of the window ending at 10
+    # must not empty the window the calls were already placed in.
+    state = QuotaState(11.0, 5.0, 10.0, 1.0)
+    after = quota_observe(state, 9.9, Observation(0.0, 0.1, 10.0, 1.0), Quota())
+    assert after == state
+
+
+@given(
+    ops=st.lists(
+        st.tuples(st.floats(0.0, 2.0), st.integers(0, 10), st.floats(0.0, 3.0), st.booleans()), min_size=1, max_size=30
+    )
+)
+@settings(max_examples=200, deadline=None)
+def test_quota_observe_never_raises_remaining_within_a_window(ops: Any) -> None:
+    spec = Quota()
+    state: QuotaState | None = None
+    now = 0.0
+    for step, remaining, reset_after, with_limit in ops:
+        now += step
+        new = quota_observe(state, now, Observation(remaining, reset_after, 10.0 if with_limit else None), spec)
+        if state is not None and new is not None and abs(new.reset_at - state.reset_at) < 1e-9:
+            assert new.remaining <= state.remaining
+        if new is not None:
+            assert new.reset_at <= now + spec.max_cooldown + 1e-9
+        state = new
