@@ -49,3 +49,31 @@ def _drop_schema() -> None:
 
 
 _PID = os.getpid()
+
+
+# -- helpers shared with tests/postgres ------------------------------------------------------------
+
+
+def new_schema(tag: str) -> str:
+    """A schema name of this test session, unique per call (the caller drops it)."""
+    return f"rs_{tag}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+
+
+def make_isolated(tag: str, **kwargs: object) -> ratesync.Store:
+    """A PostgresStore in a fresh schema of its own; drop it with ``drop(store)``."""
+    require_service("postgres")
+    from ratesync._stores.postgres import PostgresStore
+
+    kwargs.setdefault("name", tag)
+    return PostgresStore(URL, schema=new_schema(tag), **kwargs)  # type: ignore[arg-type]
+
+
+def drop(store: ratesync.Store) -> None:
+    """Drop the store's schema (through its sync side), then close the store."""
+    from ratesync._stores.postgres import PostgresStore
+
+    assert isinstance(store, PostgresStore)
+    try:
+        store._sync(lambda: store._fetch(f"DROP SCHEMA IF EXISTS {store.schema} CASCADE"))
+    finally:
+        store.close()

@@ -58,6 +58,29 @@ CREATE TABLE IF NOT EXISTS {schema}.{prefix}meta (
 
 INSERT INTO {schema}.{prefix}meta (name, value) VALUES ('sweep', '') ON CONFLICT (name) DO NOTHING;
 
+-- A state kept as it is (a refused limit), with its expiry from state_ttl at p_ttl_now. A call
+-- admitted over several limits writes every limit's state back, even one that refused at the
+-- placement (which the reference allows for a quota), as the reference store does.
+CREATE OR REPLACE FUNCTION {schema}.{prefix}unchanged(
+    p_kind smallint, p_b float8, p_row {schema}.{prefix}state, p_base float8, p_ttl_now float8)
+RETURNS {schema}.{prefix}state LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $fn$
+DECLARE
+    v_end float8;
+BEGIN
+    IF p_row.kind IS NULL THEN
+        RETURN p_row;
+    END IF;
+    v_end := CASE p_kind
+        WHEN 1 THEN p_row.v1 - p_base
+        WHEN 2 THEN CASE WHEN cardinality(p_row.ts) > 0 THEN p_row.ts[cardinality(p_row.ts)] - p_base + p_b END
+        WHEN 3 THEN p_row.v1 - p_base + p_b
+        ELSE p_row.v1 - p_base + coalesce(p_row.v4, 0.0)
+    END;
+    p_row.expires_at := (p_base + p_ttl_now) + greatest(0.0, coalesce(v_end - p_ttl_now, 0.0));
+    RETURN p_row;
+END
+$fn$;
+
 -- One limit, decided: a port of token_bucket / sliding_window / fixed_window / quota.
 -- p_row is the live state (NULL if none); o_row the state to store (o_row.kind NULL: none), its
 -- expires_at from state_ttl at p_ttl_now (the call's clock; p_now is later for a placed call).
@@ -105,6 +128,7 @@ BEGIN
             o_row.expires_at := (p_base + p_ttl_now) + greatest(0.0, v_new_tat - p_ttl_now);
         ELSE
             o_allowed := false;
+            o_row := {schema}.{prefix}unchanged(p_kind, p_b, p_row, p_base, p_ttl_now);
             o_wait := v_w;
             o_remaining := greatest(0.0, floor((v_span - (v_tat - p_now)) / v_interval + eps));
             o_reset_after := v_tat - p_now;
@@ -127,6 +151,7 @@ BEGIN
                 v_used := v_used + p_row.cs[j];
             END LOOP;
             o_allowed := false;
+            o_row := {schema}.{prefix}unchanged(p_kind, p_b, p_row, p_base, p_ttl_now);
             o_wait := 'Infinity';
             o_remaining := greatest(0.0, p_a - v_used);
             o_reset_after := CASE WHEN i <= n THEN p_row.ts[n] - p_base + p_b - p_now ELSE 0.0 END;
@@ -187,6 +212,7 @@ BEGIN
                 END IF;
             END LOOP;
             o_allowed := false;
+            o_row := {schema}.{prefix}unchanged(p_kind, p_b, p_row, p_base, p_ttl_now);
             o_wait := v_w;
             o_remaining := CASE WHEN v_t0 > p_now THEN 0.0 ELSE greatest(0.0, p_a - v_used) END;
             o_reset_after := CASE WHEN i <= n THEN p_row.ts[n] - p_base + p_b - p_now ELSE 0.0 END;
@@ -208,6 +234,7 @@ BEGIN
         v_room := CASE WHEN v_start <= p_now THEN greatest(0.0, p_a - v_count) ELSE 0.0 END;
         IF p_cost > p_a THEN
             o_allowed := false;
+            o_row := {schema}.{prefix}unchanged(p_kind, p_b, p_row, p_base, p_ttl_now);
             o_wait := 'Infinity';
             o_remaining := v_room;
             o_reset_after := v_start + p_b - p_now;
@@ -232,6 +259,7 @@ BEGIN
             o_row.expires_at := (p_base + p_ttl_now) + greatest(0.0, v_start + p_b - p_ttl_now);
         ELSE
             o_allowed := false;
+            o_row := {schema}.{prefix}unchanged(p_kind, p_b, p_row, p_base, p_ttl_now);
             o_wait := v_w;
             o_remaining := v_room;
             o_reset_after := v_w;
@@ -290,6 +318,7 @@ BEGIN
         o_row.expires_at := (p_base + p_ttl_now) + greatest(0.0, v_new_reset + coalesce(v_qwin, 0.0) - p_ttl_now);
     ELSE
         o_allowed := false;
+        o_row := {schema}.{prefix}unchanged(p_kind, p_b, p_row, p_base, p_ttl_now);
         o_wait := v_w;
         o_remaining := greatest(0.0, CASE WHEN v_at <= p_now THEN v_rem ELSE 0.0 END);
         o_reset_after := greatest(0.0, v_reset_at - p_now);
@@ -395,7 +424,9 @@ BEGIN
                 lim := r.o_limit;
             END IF;
         END LOOP;
-        IF v_at > v_max_wait + eps THEN
+        -- (An infinite wait, a cost above a capacity, is refused even with an infinite max_wait,
+        -- where the reference would place the call at now + inf.)
+        IF v_at > v_max_wait + eps OR v_at = 'Infinity' THEN
             FOR i IN 1..n LOOP
                 r := {schema}.{prefix}step(p_kinds[i], p_a[i], p_b[i], p_rows[i], p_now, 1, 0.0, p_base, p_now);
                 r.o_remaining := CASE WHEN r.o_allowed THEN r.o_remaining + 1 ELSE r.o_remaining END;
