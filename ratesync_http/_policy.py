@@ -75,6 +75,15 @@ _PLAN_CACHE_SIZE = 4096
 _GATE_LIMIT = 100_000
 
 
+#: Longest tail of a window left unspent (see :func:`tail_guard`).
+TAIL_GUARD_MAX = 0.25
+
+
+def tail_guard(window: float | None) -> float:
+    """Seconds before a learned reset in which the rest of the window is not spent."""
+    return min(TAIL_GUARD_MAX, 0.1 * (window if window is not None else 1.0))
+
+
 def has_rate_limit_headers(names: Iterable[str]) -> bool:
     """Whether any of these (lower-case) header names can carry rate-limit information."""
     return any(name.startswith(_HEADER_PREFIXES) for name in names)
@@ -412,6 +421,11 @@ class HttpPolicy:
             return Observation(0.0, reset, info.limit, info.window)
         if info.remaining is not None and info.reset_after is not None:
             remaining = 0.0 if status == 429 else info.remaining
+            if info.reset_after < tail_guard(info.window):
+                # The last moments of a window are not spent: a request sent now may reach the
+                # upstream after its reset and count in the next window, which the mirror will
+                # hand out in full.
+                remaining = 0.0
             return Observation(remaining, info.reset_after, info.limit, info.window)
         if status == 429:
             # Refused with no hint of when to come back: a short shared cooldown, doubling.

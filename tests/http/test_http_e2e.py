@@ -24,6 +24,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+import ratesync
+from ratesync import MemoryStore, Observation, Quota, Store
 from ratesync_http import RateLimitedSession, RateLimitedTransport
 from ratesync_http.testing import LocalUpstream
 
@@ -36,19 +38,29 @@ CONFIGURED = 19
 DURATION = 2.0
 
 
-def _core_quota_mixes_windows() -> bool:
-    # ratesync._algorithms.quota_observe lets a response of the current window lower the count of
-    # the next window that reservations have already rolled the mirror into: throughput drops to
-    # ~75% while learning is on. Reported to the lead; the tests below need the core fix.
-    from ratesync._algorithms import Observation, Quota, QuotaState, quota_observe
+def store_mixes_windows(store: Store) -> bool:
+    """Whether ``store`` lets a response of the current quota window empty the next one.
 
-    state = quota_observe(QuotaState(11.0, 5.0, 10.0, 1.0), 9.9, Observation(0.0, 0.1, 10.0, 1.0), Quota())
-    return state is not None and state.remaining == 0
+    The reference (``quota_observe``) was fixed for this; a store whose port still has it loses
+    about a quarter of the throughput while learning, which the 90% checks below would catch.
+    """
+    key = f"{{rs-probe-{uuid.uuid4().hex}}}#quota"
+    spec = Quota()
+    store.observe(key, spec, Observation(0.0, 0.3, 10.0, 1.0))
+    reserved = store.acquire([(key, spec)], 1, 2.0)  # rolls the mirror into the next window
+    store.observe(key, spec, Observation(0.0, 0.29, 10.0, 1.0))  # a late answer of this window
+    peeked = store.peek([(key, spec)])
+    store.reset([key])
+    return reserved.wait > 0.6 or (not peeked.allowed and peeked.wait > 0.6)
 
 
-needs_core_quota_fix = pytest.mark.xfail(
-    _core_quota_mixes_windows(), reason="core quota_observe mixes windows (reported)", strict=False
-)
+def xfail_if_store_mixes_windows(store: Store, check: Callable[[], None]) -> None:
+    try:
+        check()
+    except AssertionError:
+        if store_mixes_windows(store):
+            pytest.xfail(f"the {store.engine} store's quota port still mixes windows (reported to the lead)")
+        raise
 
 
 @pytest.fixture
@@ -109,7 +121,6 @@ def requests_sync(url: str, duration: float, workers: int = 4) -> None:
 CLIENTS = {"httpx-sync": httpx_sync, "httpx-async": httpx_async, "requests": requests_sync}
 
 
-@needs_core_quota_fix
 @pytest.mark.parametrize("client", list(CLIENTS))
 def test_configured_limit_no_429_and_90_percent(client: str, upstream: LocalUpstream, tmp_path: Path) -> None:
     configure(
@@ -120,10 +131,14 @@ def test_configured_limit_no_429_and_90_percent(client: str, upstream: LocalUpst
         """,
     )
     CLIENTS[client](upstream.url + "/items/1", DURATION)
-    stats = upstream.stats()
-    assert stats.rejected == 0, stats
-    assert stats.rate >= 0.9 * CONFIGURED, stats
-    assert stats.max_per_window <= RATE
+
+    def check() -> None:
+        stats = upstream.stats()
+        assert stats.rejected == 0, stats
+        assert stats.rate >= 0.9 * CONFIGURED, stats
+        assert stats.max_per_window <= RATE
+
+    xfail_if_store_mixes_windows(MemoryStore(), check)
 
 
 @pytest.mark.parametrize("client", list(CLIENTS))
@@ -199,7 +214,6 @@ def run_two_processes(cwd: Path, url: str, duration: float, stagger: float) -> l
     return results
 
 
-@needs_core_quota_fix
 @pytest.mark.redis
 def test_redis_two_processes_configured_limit(upstream: LocalUpstream, redis_prefix: str, tmp_path: Path) -> None:
     configure(
@@ -220,10 +234,18 @@ def test_redis_two_processes_configured_limit(upstream: LocalUpstream, redis_pre
         """,
     )
     a, b = run_two_processes(tmp_path, upstream.url + "/x", DURATION, 0.0)
-    stats = upstream.stats()
-    assert stats.rejected == 0, (stats, a, b)
-    assert stats.rate >= 0.9 * CONFIGURED, (stats, a, b)
     assert a["sent"] > 5 and b["sent"] > 5  # both took part
+
+    def check() -> None:
+        stats = upstream.stats()
+        assert stats.rejected == 0, (stats, a, b)
+        assert stats.rate >= 0.9 * CONFIGURED, (stats, a, b)
+
+    store = ratesync.Registry(config=tmp_path / "rate-sync.toml").get_store("shared")
+    try:
+        xfail_if_store_mixes_windows(store, check)
+    finally:
+        store.close()
 
 
 @pytest.mark.redis
