@@ -249,7 +249,8 @@ class SQLiteStore(Store):
     """Limiter state in an SQLite database file, shared by the processes of one machine.
 
     ``path`` is the database file (created with its tables on first use), or ``":memory:"``: a
-    private database of this store and this process, for tests. ``busy_timeout`` is how long one
+    private database of this store and this process, for tests (it lives in the sync connection:
+    the async side uses that one too, and :meth:`close` forgets it). ``busy_timeout`` is how long one
     call waits for another process's write to finish before it counts as a failure of the store
     (and the ``on_error`` policy applies). ``clock`` is the store clock in seconds, ``time.time``
     unless a test injects its own: state is written in its terms, so every process using one file
@@ -348,9 +349,6 @@ class SQLiteStore(Store):
             conn, self._conn, self._cursor = self._conn, None, None
         if conn is not None:
             conn.close()
-        if self._memory:
-            # An in-memory database lives in its connection: closing it is forgetting.
-            self._written = 0
 
     async def aclose(self) -> None:
         """Close this store's async connections (the one of the running loop, and any left by closed loops)."""
@@ -604,7 +602,7 @@ class SQLiteStore(Store):
         # ``BEGIN IMMEDIATE`` takes the write lock before reading, so the state read is the state
         # overwritten. The busy timeout makes SQLite wait for it; a few busy cases return at once
         # without waiting (a WAL recovery in progress), so those are retried until the same deadline.
-        deadline: float | None = None
+        deadline = time.monotonic() + self.busy_timeout
         delay = 0.001
         while True:
             try:
@@ -613,12 +611,10 @@ class SQLiteStore(Store):
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
                     raise
-                now = time.monotonic()
-                if deadline is None:
-                    deadline = now + self.busy_timeout
-                if now >= deadline:
+                left = deadline - time.monotonic()
+                if left <= 0:
                     raise
-                time.sleep(min(delay, deadline - now))
+                time.sleep(min(delay, left))
                 delay = min(delay * 2, 0.05)
 
     def _open(self) -> sqlite3.Connection:
@@ -754,7 +750,7 @@ class SQLiteStore(Store):
             return side
 
     async def _abegin(self, conn: aiosqlite.Connection) -> None:
-        deadline: float | None = None
+        deadline = time.monotonic() + self.busy_timeout
         delay = 0.001
         while True:
             try:
@@ -763,12 +759,10 @@ class SQLiteStore(Store):
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
                     raise
-                now = time.monotonic()
-                if deadline is None:
-                    deadline = now + self.busy_timeout
-                if now >= deadline:
+                left = deadline - time.monotonic()
+                if left <= 0:
                     raise
-                await asyncio.sleep(min(delay, deadline - now))
+                await asyncio.sleep(min(delay, left))
                 delay = min(delay * 2, 0.05)
 
     async def _aopen(self) -> aiosqlite.Connection:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -451,3 +452,44 @@ def test_close_then_use_reopens(store: SQLiteStore) -> None:
     store.close()
     store.close()  # idempotent
     assert store.peek(slots).remaining == 1
+
+
+def test_a_writer_holding_the_lock_briefly_is_waited_for(db: Path) -> None:
+    store = SQLiteStore(db, busy_timeout=5.0)
+    store.initialize()
+    assert rows(db, STATE_TABLE) == 0
+    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    timer = threading.Timer(0.2, holder.execute, args=("COMMIT",))
+    timer.start()
+    try:
+        d = store.acquire([("{wait}#0", FixedWindow(limit=1, window_seconds=3600.0))])
+    finally:
+        timer.join()
+        holder.close()
+        store.close()
+    assert d.allowed and not d.degraded
+
+
+async def test_a_lock_held_past_the_busy_timeout_is_a_store_failure(db: Path) -> None:
+    store = SQLiteStore(db, busy_timeout=0.2, retry_interval=0.0)
+    store.initialize()
+    await store.ainitialize()
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    slots = [("{stuck}#0", FixedWindow(limit=1, window_seconds=3600.0))]
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="locked"):
+            store.acquire(slots)
+        with pytest.raises(StoreError, match="locked"):
+            await store.aacquire(slots)
+        assert time.monotonic() - started < 2.0
+        # Reading needs no write lock (WAL): peek still answers.
+        assert store.peek(slots).remaining == 1
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert store.acquire(slots).allowed
+    await store.aclose()
+    store.close()
