@@ -388,3 +388,9 @@ def test_registry_configures_a_postgres_store() -> None:
     finally:
         drop(store)
         registry.close()
+
+
+def test_engine_options_match_the_store() -> None:
+    from ratesync._stores import ENGINE_OPTIONS
+
+    assert ENGINE_OPTIONS["postgres"] == PostgresStore.OPTIONS == ENGINE_OPTIONS["postgresql"]
