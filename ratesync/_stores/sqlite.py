@@ -235,6 +235,17 @@ def _is_busy(exc: sqlite3.Error) -> bool:
 #: closed there (closing one could checkpoint or delete the parent's WAL file), and being kept
 #: here they are never garbage-collected either (which would close them).
 _ABANDONED: list[Any] = []
+#: Every live store, for the ``fork()`` hook.
+_STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_STORES):
+        store._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @dataclass(eq=False)
@@ -295,6 +306,7 @@ class SQLiteStore(Store):
         # Rows written since the last sweep, and where each table's sweep resumes.
         self._written = 0
         self._sweep_from = {STATE_TABLE: "", LEASE_TABLE: ""}
+        _STORES.add(self)
 
     @classmethod
     def from_options(cls, name: str, options: dict[str, Any]) -> SQLiteStore:
@@ -812,17 +824,21 @@ class SQLiteStore(Store):
     # -- fork ----------------------------------------------------------------------------------
 
     def _after_fork(self) -> None:
-        """In a child process: forget (never use, never close) the parent's connections."""
-        with self._async_lock:
-            if self._pid == os.getpid():
-                return
-            _ABANDONED.append((self._conn, list(self._async.values())))
-            self._conn = self._cursor = None
-            self._async = weakref.WeakKeyDictionary()
-            # The parent's locks may have been held by a thread that does not exist here.
-            self._lock = threading.Lock()
-            self._written = 0
-            self._pid = os.getpid()
+        """In a child process: forget (never use, never close) the parent's connections.
+
+        Runs in the child right after ``fork()`` (``os.register_at_fork``), before any other thread
+        exists there; the process id check of every call is the fallback. No lock is taken: the
+        parent's may have been held, at the fork, by a thread that does not exist in the child.
+        """
+        if self._pid == os.getpid():
+            return
+        _ABANDONED.append((self._conn, list(self._async.values())))
+        self._conn = self._cursor = None
+        self._async = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+        self._async_lock = threading.Lock()
+        self._written = 0
+        self._pid = os.getpid()
 
 
 def _noop() -> _Op[None]:
@@ -836,9 +852,12 @@ def _is_broken(exc: BaseException) -> bool:
 
 
 def _needs_translation(exc: BaseException) -> bool:
-    """Database errors other than operational ones (a corrupt file, "file is not a database")
-    are failures of the store too, but ``sqlite3.DatabaseError`` also covers programming errors;
-    those are reported as :class:`StoreError` by name instead of widening ``_backend_errors``."""
+    """True for a database error that is a failure of the store but not an ``OperationalError``.
+
+    A corrupt file or "file is not a database" raise ``sqlite3.DatabaseError``, which also covers
+    programming errors: those two are reported as :class:`StoreError` (which the outage policy
+    handles) instead of adding ``DatabaseError`` to ``_backend_errors``.
+    """
     return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
         exc, sqlite3.OperationalError | sqlite3.ProgrammingError | sqlite3.InterfaceError
     )

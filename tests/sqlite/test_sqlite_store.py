@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -376,17 +377,32 @@ def test_a_forked_child_opens_its_own_connection(store: SQLiteStore) -> None:
     assert store.acquire(slots).allowed
     parent_conn = store._conn
     assert parent_conn is not None
+    # Fork while another thread holds the store's lock: the child must not wait for a lock whose
+    # holder does not exist there.
+    held, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store._lock:
+            held.set()
+            done.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(10)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # "multi-threaded process" (3.12+)
         pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through its exit status
         status = 1
         try:
+            signal.alarm(20)  # a child stuck on the parent's lock dies instead of hanging the test
             ok = store.acquire(slots).allowed
             status = 0 if ok and store._conn is not parent_conn and parent_conn in _abandoned() else 2
             store.close()
         finally:
             os._exit(status)
+    done.set()
+    holder.join()
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     # The parent's connection still works, and sees the child's charge.
