@@ -360,7 +360,7 @@ $fn$;
 CREATE OR REPLACE FUNCTION {schema}.{prefix}sweep(p_at float8 DEFAULT NULL, p_batch integer DEFAULT 64)
 RETURNS integer LANGUAGE plpgsql AS $fn$
 DECLARE
-    v_at float8 := coalesce(p_at, extract(epoch FROM clock_timestamp())::float8);
+    v_at float8 := coalesce(p_at, date_part('epoch', clock_timestamp()));
     v_cursor text;
     v_last text;
     v_seen integer;
@@ -478,6 +478,7 @@ DECLARE
     v_max_wait float8 := CASE WHEN p_peek THEN 0.0 ELSE p_max_wait END;
     v_h bigint;
     v_f boolean;
+    v_same boolean;
     v_row {schema}.{prefix}state;
     v_out {schema}.{prefix}state;
     v_rows {schema}.{prefix}state[] := '{}';
@@ -500,13 +501,14 @@ BEGIN
         END IF;
     END IF;
     -- The clock is read once the locks are held: calls are recorded in the order they happen.
-    v_base := coalesce(p_base, CASE WHEN p_now IS NULL THEN extract(epoch FROM clock_timestamp())::float8 ELSE 0.0 END);
+    v_base := coalesce(p_base, CASE WHEN p_now IS NULL THEN date_part('epoch', clock_timestamp()) ELSE 0.0 END);
     v_now := coalesce(p_now, 0.0);
 
     IF n = 1 THEN
         SELECT s.* INTO v_row FROM {schema}.{prefix}state s WHERE s.key = p_keys[1];
         v_f := FOUND;
-        IF NOT v_f OR v_row.kind <> p_kinds[1] OR NOT (v_row.expires_at - v_base > v_now) THEN
+        v_same := v_f AND v_row.kind = p_kinds[1];
+        IF NOT v_same OR NOT (v_row.expires_at - v_base > v_now) THEN
             v_row := NULL;
         END IF;
         IF p_kinds[1] = 1 THEN
@@ -559,6 +561,12 @@ BEGIN
         IF v_out.kind IS NULL THEN
             IF v_f THEN
                 DELETE FROM {schema}.{prefix}state s WHERE s.key = p_keys[1];
+            END IF;
+        ELSIF v_same AND v_out.kind = 1 THEN
+            -- A token bucket's row stays a token bucket's: only the TAT and the expiry change.
+            UPDATE {schema}.{prefix}state s SET v1 = v_out.v1, expires_at = v_out.expires_at WHERE s.key = p_keys[1];
+            IF NOT FOUND THEN
+                PERFORM {schema}.{prefix}put(p_keys[1], v_out, false);
             END IF;
         ELSE
             IF v_f THEN
@@ -625,7 +633,7 @@ BEGIN
     FOR v_h IN SELECT DISTINCT hashtextextended(k, {lock_space}) FROM unnest(p_keys) k ORDER BY 1 LOOP
         PERFORM pg_advisory_xact_lock(v_h);
     END LOOP;
-    v_base := coalesce(p_base, CASE WHEN p_now IS NULL THEN extract(epoch FROM clock_timestamp())::float8 ELSE 0.0 END);
+    v_base := coalesce(p_base, CASE WHEN p_now IS NULL THEN date_part('epoch', clock_timestamp()) ELSE 0.0 END);
     v_now := coalesce(p_now, 0.0);
     FOR i IN 1..n LOOP
         SELECT s.* INTO v_row FROM {schema}.{prefix}state s WHERE s.key = p_keys[i];
@@ -680,7 +688,7 @@ DECLARE
     s_reset_at float8;
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtextextended(p_key, {lock_space}));
-    v_base := coalesce(p_base, CASE WHEN p_now IS NULL THEN extract(epoch FROM clock_timestamp())::float8 ELSE 0.0 END);
+    v_base := coalesce(p_base, CASE WHEN p_now IS NULL THEN date_part('epoch', clock_timestamp()) ELSE 0.0 END);
     v_now := coalesce(p_now, 0.0);
     SELECT s.* INTO v_row FROM {schema}.{prefix}state s WHERE s.key = p_key;
     v_f := FOUND;
@@ -752,7 +760,7 @@ DECLARE
     v_min float8;
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtextextended(p_key, {lock_space}));
-    v_base := coalesce(p_base, CASE WHEN p_now IS NULL THEN extract(epoch FROM clock_timestamp())::float8 ELSE 0.0 END);
+    v_base := coalesce(p_base, CASE WHEN p_now IS NULL THEN date_part('epoch', clock_timestamp()) ELSE 0.0 END);
     v_now := coalesce(p_now, 0.0);
     DELETE FROM {schema}.{prefix}leases l WHERE l.key = p_key AND NOT (l.expires_at - v_base > v_now);
     SELECT count(*), coalesce(bool_or(l.lease_id = p_id), false), min(l.expires_at)
