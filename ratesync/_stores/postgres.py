@@ -137,6 +137,7 @@ class _Pool:
     pid: int = field(default_factory=os.getpid)
     inflight: dict[tuple[Slot, ...], list[tuple[int, float, asyncio.Future[Decision]]]] = field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    schema_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 async def _no_reset(connection: Any) -> None:
@@ -234,8 +235,9 @@ class PostgresStore(Store):
         self.batch = batch
         password = urlsplit(url).password if url else None
         self._secrets = [password] if password else []
-        # A synchronous call waits for connecting and one statement, plus a margin.
-        self._call_timeout = connect_timeout + command_timeout + 1.0
+        # A synchronous call waits for a connection, for the statement under way on its key (see
+        # batching) and for its own, plus a margin; each part is bounded by its own timeout.
+        self._call_timeout = connect_timeout + 2 * command_timeout + 1.0
         self._lock = threading.Lock()
         self._portal: Portal | None = None
         self._pools: dict[asyncio.AbstractEventLoop, _Pool] = {}
@@ -346,7 +348,10 @@ class PostgresStore(Store):
         if entry is None or entry.pid != os.getpid():
             entry = await self._open_pool(loop)
         if not self._ready:
-            await self._ensure_schema(entry.pool)
+            # The first calls of a loop wait for one check instead of each running their own.
+            async with entry.schema_lock:
+                if not self._ready:
+                    await self._ensure_schema(entry.pool)
         return entry
 
     async def _open_pool(self, loop: asyncio.AbstractEventLoop) -> _Pool:
