@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -100,6 +99,7 @@ SCHEMA = (
     ") WITHOUT ROWID",
 )
 
+SQL_TABLES = f"SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('{STATE_TABLE}', '{LEASE_TABLE}')"
 SQL_GET = f"SELECT kind, num, data, expires_at FROM {STATE_TABLE} WHERE key = ?"
 # The row was read under the write lock, so whether it exists is known: UPDATE or INSERT, not an
 # INSERT OR REPLACE (a delete and an insert in the B-tree: measured twice the cost). Same parameters.
@@ -585,21 +585,9 @@ class SQLiteStore(Store):
                     cursor = self._cursor = conn.cursor()
                 if write:
                     self._begin(cursor)
-                try:
-                    sql, params, how = next(op)
-                    while True:
-                        if how == _QUERY:
-                            sql, params, how = op.send(cursor.execute(sql, params).fetchall())
-                        else:
-                            if how == _WRITE:
-                                cursor.execute(sql, params)
-                            else:
-                                cursor.executemany(sql, params)
-                            sql, params, how = op.send(_NO_ROWS)
-                except StopIteration as stop:
-                    result: T = stop.value
+                result = _drive(cursor, op)
                 if write:
-                    conn.commit()
+                    cursor.execute("COMMIT")  # cached statement: cheaper than conn.commit()
                 return result
             except BaseException as exc:
                 if write and conn is not None and conn.in_transaction:
@@ -638,45 +626,50 @@ class SQLiteStore(Store):
             cached_statements=64,
         )
         try:
-            for sql in self._setup_statements():
-                self._retry_busy(functools.partial(conn.execute, sql))
-            self._retry_busy(lambda: self._create_schema(conn))
+            cursor = conn.cursor()
+            deadline = time.monotonic() + self.busy_timeout
+            delay = 0.001
+            while True:
+                try:
+                    if not _drive(cursor, self._op_setup()):
+                        self._begin(cursor)
+                        try:
+                            _drive(cursor, _op_create_schema())
+                            cursor.execute("COMMIT")
+                        except BaseException:
+                            if conn.in_transaction:
+                                conn.execute("ROLLBACK")
+                            raise
+                    break
+                except sqlite3.OperationalError as exc:
+                    # Processes opening a new file at once contend for its first writes.
+                    if not _is_busy(exc) or time.monotonic() >= deadline:
+                        raise
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.05)
+            cursor.close()
         except BaseException:
             conn.close()
             raise
         return conn
 
-    def _create_schema(self, conn: sqlite3.Connection) -> None:
-        self._begin(conn)
-        try:
-            for sql in SCHEMA:
-                conn.execute(sql)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+    def _op_setup(self) -> _Op[bool]:
+        """Set up a new connection; True when the tables exist already.
 
-    def _retry_busy(self, call: Callable[[], object]) -> None:
-        deadline = time.monotonic() + self.busy_timeout
-        delay = 0.001
-        while True:
-            try:
-                call()
-                return
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc) or time.monotonic() >= deadline:
-                    raise
-                time.sleep(delay)
-                delay = min(delay * 2, 0.05)
-
-    def _setup_statements(self) -> list[str]:
-        if self._memory:
-            return []
-        # WAL: readers (peek) never wait for the writer, and a commit appends to the log instead of
-        # rewriting pages. NORMAL: no fsync per commit in WAL mode; durable across a crash of the
-        # process, not necessarily across a power loss.
-        return ["PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL"]
+        Opening a file that is already set up takes no write lock: many processes starting at once
+        do not queue for it.
+        """
+        if not self._memory:
+            # WAL: readers (peek) never wait for the writer, and a commit appends to the log instead
+            # of rewriting pages. It is a property of the file: set once, by the first process.
+            rows = yield ("PRAGMA journal_mode", (), _QUERY)
+            if str(rows[0][0]).lower() != "wal":
+                yield ("PRAGMA journal_mode = WAL", (), _QUERY)
+            # NORMAL: no fsync per commit in WAL mode; durable across a crash of the process, not
+            # necessarily across a power loss. A property of the connection.
+            yield ("PRAGMA synchronous = NORMAL", (), _WRITE)
+        rows = yield (SQL_TABLES, (), _QUERY)
+        return bool(rows[0][0] == len(SCHEMA))
 
     def _sync_failed(self, exc: BaseException) -> None:
         # A connection that failed for another reason than contention may be broken (the file was
@@ -712,20 +705,7 @@ class SQLiteStore(Store):
                     conn = side.conn = await self._aopen()
                 if write:
                     await self._abegin(conn)
-                try:
-                    sql, params, how = next(op)
-                    while True:
-                        if how == _QUERY:
-                            rows = list(await conn.execute_fetchall(sql, params))
-                        else:
-                            if how == _WRITE:
-                                await conn.execute_fetchall(sql, params)
-                            else:
-                                await conn.executemany(sql, params)
-                            rows = _NO_ROWS
-                        sql, params, how = op.send(rows)
-                except StopIteration as stop:
-                    result: T = stop.value
+                result = await _adrive(conn, op)
                 if write:
                     await conn.commit()
                 return result
@@ -790,36 +770,28 @@ class SQLiteStore(Store):
             thread.daemon = True
         await conn
         try:
-            for sql in self._setup_statements():
-                await self._aretry_busy(functools.partial(conn.execute_fetchall, sql))
-            await self._aretry_busy(lambda: self._acreate_schema(conn))
+            deadline = time.monotonic() + self.busy_timeout
+            delay = 0.001
+            while True:
+                try:
+                    if not await _adrive(conn, self._op_setup()):
+                        await self._abegin(conn)
+                        try:
+                            await _adrive(conn, _op_create_schema())
+                            await conn.commit()
+                        except BaseException:
+                            await asyncio.shield(_arollback(conn))
+                            raise
+                    break
+                except sqlite3.OperationalError as exc:
+                    if not _is_busy(exc) or time.monotonic() >= deadline:
+                        raise
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.05)
         except BaseException:
             await _aclose_quietly(conn)
             raise
         return conn
-
-    async def _acreate_schema(self, conn: aiosqlite.Connection) -> None:
-        await self._abegin(conn)
-        try:
-            for sql in SCHEMA:
-                await conn.execute_fetchall(sql)
-            await conn.execute_fetchall("COMMIT")
-        except BaseException:
-            await asyncio.shield(_arollback(conn))
-            raise
-
-    async def _aretry_busy(self, call: Callable[[], Any]) -> None:
-        deadline = time.monotonic() + self.busy_timeout
-        delay = 0.001
-        while True:
-            try:
-                await call()
-                return
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc) or time.monotonic() >= deadline:
-                    raise
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.05)
 
     # -- fork ----------------------------------------------------------------------------------
 
@@ -839,6 +811,48 @@ class SQLiteStore(Store):
         self._async_lock = threading.Lock()
         self._written = 0
         self._pid = os.getpid()
+
+
+def _drive(cursor: sqlite3.Cursor, op: _Op[T]) -> T:
+    """Run the statements of ``op`` on ``cursor``; return what ``op`` returns."""
+    try:
+        sql, params, how = next(op)
+        while True:
+            if how == _QUERY:
+                sql, params, how = op.send(cursor.execute(sql, params).fetchall())
+            else:
+                if how == _WRITE:
+                    cursor.execute(sql, params)
+                else:
+                    cursor.executemany(sql, params)
+                sql, params, how = op.send(_NO_ROWS)
+    except StopIteration as stop:
+        result: T = stop.value
+        return result
+
+
+async def _adrive(conn: aiosqlite.Connection, op: _Op[T]) -> T:
+    """Run the statements of ``op`` on ``conn``, one aiosqlite round trip each."""
+    try:
+        sql, params, how = next(op)
+        while True:
+            if how == _QUERY:
+                rows = list(await conn.execute_fetchall(sql, params))
+            else:
+                if how == _WRITE:
+                    await conn.execute_fetchall(sql, params)
+                else:
+                    await conn.executemany(sql, params)
+                rows = _NO_ROWS
+            sql, params, how = op.send(rows)
+    except StopIteration as stop:
+        result: T = stop.value
+        return result
+
+
+def _op_create_schema() -> _Op[None]:
+    for sql in SCHEMA:
+        yield (sql, (), _WRITE)
 
 
 def _noop() -> _Op[None]:
