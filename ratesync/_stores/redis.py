@@ -12,9 +12,12 @@ one call stays in one Redis Cluster slot (``ratesync:{api:42}#0``, ``ratesync:{a
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import math
+import os
 import threading
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
@@ -36,7 +39,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra installed
     raise MissingDependencyError("redis", "redis", 'the Redis store (engine = "redis")') from exc
 
-__all__ = ["RedisStore", "script_source"]
+__all__ = ["SCRIPT_PARTS", "RedisStore", "lua_file", "script_source"]
 
 T = TypeVar("T")
 
@@ -55,20 +58,29 @@ _INF: Final = b"inf"
 _SERVER_CLOCK: Final = b""
 _ACQUIRE: Final = b"a"
 _PEEK: Final = b"p"
-#: Prepared (keys, ARGV) per slot tuple are cached up to this many tuples.
+#: Prepared (keys, ARGV) per slot tuple are cached up to this many tuples...
 _CACHE_SIZE: Final = 4096
+#: ... and up to this many packed calls (cost, max_wait) per tuple.
+_CALLS_PER_SLOTS: Final = 8
+
+
+#: The Lua files each script is made of, in order (Redis scripts cannot import: they are joined).
+SCRIPT_PARTS: Final = {
+    "acquire": ("prelude", "algorithms", "state", "acquire"),
+    "observe": ("prelude", "state", "observe"),
+    "lease_acquire": ("prelude", "lease_acquire"),
+}
 
 
 @functools.cache
-def script_source(name: str) -> str:
-    """The Lua source of entry script ``name`` (``acquire``, ``observe``, ``lease_acquire``).
+def lua_file(name: str) -> str:
+    """The text of ``ratesync/resources/redis/<name>.lua`` (a package resource)."""
+    return resources.files("ratesync").joinpath("resources", "redis", f"{name}.lua").read_text(encoding="utf-8")
 
-    Redis scripts cannot import, so the algorithm library (``lib.lua``) is prepended to each one.
-    """
-    folder = resources.files("ratesync").joinpath("resources", "redis")
-    lib = folder.joinpath("lib.lua").read_text(encoding="utf-8")
-    entry = folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
-    return f"{lib}\n{entry}"
+
+def script_source(name: str) -> str:
+    """The Lua source of script ``name`` (``acquire``, ``observe``, ``lease_acquire``)."""
+    return "\n".join(lua_file(part) for part in SCRIPT_PARTS[name])
 
 
 def _safe_url(url: str) -> str:
@@ -114,14 +126,186 @@ def _opt(x: float | None) -> bytes:
     return b"" if x is None else _float_arg(x)
 
 
+def _call_args(cost: int, max_wait: float, mode: bytes, spec_args: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    return (_SERVER_CLOCK, _ONE if cost == 1 else str(int(cost)).encode(), _float_arg(max_wait), mode, *spec_args)
+
+
+class _Call:
+    """One acquire script call, packed: the same slots, cost and max_wait send the same bytes."""
+
+    __slots__ = ("argv", "packed", "sha")
+
+    def __init__(self, sha: str, argv: tuple[bytes, ...], packed: Any) -> None:
+        self.sha = sha
+        self.argv = argv
+        self.packed = packed
+
+
+class _Prepared:
+    """The keys and spec arguments of one slot tuple, and its packed calls."""
+
+    __slots__ = ("args", "calls", "keys", "slots")
+
+    def __init__(self, slots: Sequence[Slot], keys: tuple[str, ...], args: tuple[bytes, ...]) -> None:
+        self.slots = slots
+        self.keys = keys
+        self.args = args
+        self.calls: dict[tuple[int, float, bytes], _Call] = {}
+
+    def call(self, connection: Any, sha: str, cost: int, max_wait: float, mode: bytes) -> _Call:
+        argv = _call_args(cost, max_wait, mode, self.args)
+        call = _Call(sha, argv, connection.pack_command("EVALSHA", sha, len(self.keys), *self.keys, *argv))
+        # Callers use a few (cost, max_wait) pairs; one passing a fresh timeout each time does not
+        # grow the cache.
+        if len(self.calls) < _CALLS_PER_SLOTS:
+            self.calls[(cost, max_wait, mode)] = call
+        return call
+
+
+class _Pool(redis.ConnectionPool):
+    """redis-py's connection pool with a lean checkout, for the sync side.
+
+    The same life cycle as redis-py's pools: LIFO reuse, the same readiness check on checkout (a
+    connection the server closed, say by restarting, is reconnected before use), reset after a
+    fork, and callers wait up to ``wait_timeout`` for a free connection when all ``max_connections``
+    are busy. Without redis-py's per-checkout metrics and locking layers, a checkout costs a few
+    microseconds instead of twenty: as much as the whole script costs the server.
+    """
+
+    def __init__(self, *, wait_timeout: float, **kwargs: Any) -> None:
+        self.wait_timeout = wait_timeout
+        super().__init__(**kwargs)
+
+    def reset(self) -> None:
+        super().reset()
+        self._freed = threading.Condition(self._lock)
+        self._waiting = 0
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        if self.pid != os.getpid():
+            self._checkpid()
+        with self._lock:
+            if self._available_connections:
+                connection = self._available_connections.pop()
+            else:
+                connection = self._new_or_wait()
+            self._in_use_connections.add(connection)
+        try:
+            connection.connect()
+            try:
+                if connection.can_read():
+                    raise redis.exceptions.ConnectionError("Connection has data")
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+                connection.disconnect()
+                connection.connect()
+                if connection.can_read():
+                    raise redis.exceptions.ConnectionError("Connection not ready") from None
+        except BaseException:
+            self.release(connection)
+            raise
+        return connection
+
+    def _new_or_wait(self) -> Any:
+        # Under self._lock.
+        deadline = time.monotonic() + self.wait_timeout
+        while not self._available_connections:
+            if self._created_connections < self.max_connections:
+                return self.make_connection()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise redis.exceptions.ConnectionError("No connection available.")
+            self._waiting += 1
+            try:
+                self._freed.wait(left)
+            finally:
+                self._waiting -= 1
+        return self._available_connections.pop()
+
+    def release(self, connection: Any) -> None:
+        if self.pid != os.getpid():
+            self._checkpid()
+        with self._lock:
+            try:
+                self._in_use_connections.remove(connection)
+            except KeyError:
+                return  # not ours (from before a fork, or released twice)
+            if connection.pid != self.pid:
+                connection.disconnect()
+                self._created_connections -= 1
+            else:
+                if connection.should_reconnect():
+                    connection.disconnect()
+                self._available_connections.append(connection)
+            if self._waiting:
+                self._freed.notify()
+
+
+class _AsyncPool(redis.asyncio.ConnectionPool):
+    """The async twin of :class:`_Pool` (one per event loop)."""
+
+    def __init__(self, *, wait_timeout: float, **kwargs: Any) -> None:
+        self.wait_timeout = wait_timeout
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        super().__init__(**kwargs)
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        if self._available_connections:
+            connection = self._available_connections.pop()
+        else:
+            connection = await self._new_or_wait()
+        self._in_use_connections.add(connection)
+        try:
+            await self.ensure_connection(connection)
+        except BaseException:
+            await self.release(connection)
+            raise
+        return connection
+
+    async def _new_or_wait(self) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_timeout
+        while not self._available_connections:
+            if len(self._in_use_connections) < self.max_connections:
+                return self.make_connection()  # type: ignore[no-untyped-call]
+            left = deadline - loop.time()
+            if left <= 0:
+                raise redis.exceptions.ConnectionError("No connection available.")
+            # A release wakes one waiter, which then looks again: a woken waiter that was
+            # cancelled meanwhile leaves the connection in the pool for the next.
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, left)
+            except TimeoutError:
+                pass
+            finally:
+                if not waiter.done():
+                    waiter.cancel()
+        return self._available_connections.pop()
+
+    async def release(self, connection: Any) -> None:
+        self._in_use_connections.discard(connection)
+        if connection.should_reconnect():
+            await connection.disconnect()
+        self._available_connections.append(connection)
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                break
+
+
 class _Side:
     """One client (sync, or async on one event loop) and its script objects."""
 
-    __slots__ = ("_init_lock", "acquire", "client", "gate", "lease", "loop", "observe", "ready")
+    __slots__ = ("_init_lock", "acquire", "client", "gate", "lease", "loop", "observe", "pool", "ready")
 
     def __init__(self, client: Any, loop: asyncio.AbstractEventLoop | None = None, gate: int = 0) -> None:
         self.client = client
         self.loop = loop
+        # The pool of a single server (the direct hot path); None for a cluster client.
+        self.pool = None if gate or isinstance(client, redis.cluster.RedisCluster) else client.connection_pool
         # register_script: run by hash, loaded again by redis-py after NOSCRIPT.
         self.acquire = client.register_script(script_source("acquire"))
         self.observe = client.register_script(script_source("observe"))
@@ -211,7 +395,7 @@ class RedisStore(Store):
         self._last_async: _Side | None = None
         # id(slot tuple) -> (slot tuple, prefixed keys, spec ARGV). The tuple is kept alive by the
         # entry, so its id cannot be reused while cached.
-        self._prepared: dict[int, tuple[Sequence[Slot], tuple[str, ...], tuple[bytes, ...]]] = {}
+        self._prepared: dict[int, _Prepared] = {}
 
     @classmethod
     def from_options(cls, name: str, options: dict[str, Any]) -> RedisStore:
@@ -260,8 +444,8 @@ class RedisStore(Store):
                 timeout=self._pool_timeout(),
                 **kwargs,
             )
-        pool = redis.BlockingConnectionPool.from_url(
-            self._client_url, max_connections=self.pool_size, timeout=self._pool_timeout(), **kwargs
+        pool = _Pool.from_url(
+            self._client_url, max_connections=self.pool_size, wait_timeout=self._pool_timeout(), **kwargs
         )
         return redis.Redis(connection_pool=pool)
 
@@ -271,8 +455,8 @@ class RedisStore(Store):
             return redis.asyncio.cluster.RedisCluster.from_url(
                 self._client_url, max_connections=self.pool_size, **kwargs
             )
-        pool = redis.asyncio.BlockingConnectionPool.from_url(
-            self._client_url, max_connections=self.pool_size, timeout=self._pool_timeout(), **kwargs
+        pool = _AsyncPool.from_url(
+            self._client_url, max_connections=self.pool_size, wait_timeout=self._pool_timeout(), **kwargs
         )
         return redis.asyncio.Redis(connection_pool=pool)
 
@@ -350,26 +534,70 @@ class RedisStore(Store):
 
     # -- keys and arguments ------------------------------------------------------------------
 
-    def _prepare(self, slots: Sequence[Slot]) -> tuple[tuple[str, ...], tuple[bytes, ...]]:
-        entry = self._prepared.get(id(slots))
-        if entry is not None and entry[0] is slots:
-            return entry[1], entry[2]
+    def _prepare(self, slots: Sequence[Slot]) -> _Prepared:
+        prepared = self._prepared.get(id(slots))
+        if prepared is not None and prepared.slots is slots:
+            return prepared
         prefix = self.key_prefix
         keys = tuple(prefix + key for key, _ in slots)
         args: tuple[bytes, ...] = ()
         for _, spec in slots:
             args += _spec_args(spec)
+        prepared = _Prepared(slots, keys, args)
         if type(slots) is tuple:
             # Limiters pass the same tuple for the same key every time; lists may change.
             if len(self._prepared) >= _CACHE_SIZE:
                 self._prepared.clear()
-            self._prepared[id(slots)] = (slots, keys, args)
-        return keys, args
+            self._prepared[id(slots)] = prepared
+        return prepared
 
-    @staticmethod
-    def _call_args(cost: int, max_wait: float, mode: bytes, spec_args: tuple[bytes, ...]) -> tuple[bytes, ...]:
-        cost_arg = _ONE if cost == 1 else str(int(cost)).encode()
-        return (_SERVER_CLOCK, cost_arg, _float_arg(max_wait), mode, *spec_args)
+    # -- running the acquire script ----------------------------------------------------------
+    #
+    # The script object (register_script) owns the script's hash and loads it again after a
+    # NOSCRIPT. Off a cluster, the hot path sends the EVALSHA itself on a pooled connection, with
+    # the command bytes packed once per slot tuple, cost and max_wait: redis-py's generic command
+    # path costs more client CPU than the script itself costs the server. A NOSCRIPT reply is
+    # handed back to the script object, which loads the script and runs the call again.
+
+    def _run(self, prepared: _Prepared, cost: int, max_wait: float, mode: bytes) -> Any:
+        side = self._sync_side or self._sync()
+        script = side.acquire
+        pool = side.pool
+        if pool is None:
+            return script(prepared.keys, _call_args(cost, max_wait, mode, prepared.args))
+        call = prepared.calls.get((cost, max_wait, mode))
+        connection = pool.get_connection()
+        try:
+            if call is None or call.sha != script.sha:
+                call = prepared.call(connection, script.sha, cost, max_wait, mode)
+            connection.send_packed_command(call.packed, False)
+            return connection.read_response()
+        except redis.exceptions.NoScriptError:
+            pass
+        finally:
+            pool.release(connection)
+        return script(prepared.keys, _call_args(cost, max_wait, mode, prepared.args))
+
+    async def _arun(self, prepared: _Prepared, cost: int, max_wait: float, mode: bytes) -> Any:
+        side = self._async()
+        script = side.acquire
+        pool = side.pool
+        if pool is None:
+            return await self._gated(
+                side, lambda: script(prepared.keys, _call_args(cost, max_wait, mode, prepared.args))
+            )
+        call = prepared.calls.get((cost, max_wait, mode))
+        connection = await pool.get_connection()
+        try:
+            if call is None or call.sha != script.sha:
+                call = prepared.call(connection, script.sha, cost, max_wait, mode)
+            await connection.send_packed_command(call.packed, False)
+            return await connection.read_response()
+        except redis.exceptions.NoScriptError:
+            pass
+        finally:
+            await pool.release(connection)
+        return await script(prepared.keys, _call_args(cost, max_wait, mode, prepared.args))
 
     # -- the store protocol ------------------------------------------------------------------
 
@@ -385,25 +613,16 @@ class RedisStore(Store):
             return await call()
 
     def _acquire(self, slots: Sequence[Slot], cost: int, max_wait: float) -> Decision:
-        keys, spec_args = self._prepare(slots)
-        return _decision(self._sync().acquire(keys, self._call_args(cost, max_wait, _ACQUIRE, spec_args)))
+        return _decision(self._run(self._prepare(slots), cost, max_wait, _ACQUIRE))
 
     async def _aacquire(self, slots: Sequence[Slot], cost: int, max_wait: float) -> Decision:
-        keys, spec_args = self._prepare(slots)
-        side = self._async()
-        args = self._call_args(cost, max_wait, _ACQUIRE, spec_args)
-        if side.gate is None:
-            return _decision(await side.acquire(keys, args))
-        return _decision(await self._gated(side, lambda: side.acquire(keys, args)))
+        return _decision(await self._arun(self._prepare(slots), cost, max_wait, _ACQUIRE))
 
     def _peek(self, slots: Sequence[Slot]) -> Decision:
-        keys, spec_args = self._prepare(slots)
-        return _decision(self._sync().acquire(keys, self._call_args(1, 0.0, _PEEK, spec_args)))
+        return _decision(self._run(self._prepare(slots), 1, 0.0, _PEEK))
 
     async def _apeek(self, slots: Sequence[Slot]) -> Decision:
-        keys, spec_args = self._prepare(slots)
-        side = self._async()
-        return _decision(await self._gated(side, lambda: side.acquire(keys, self._call_args(1, 0.0, _PEEK, spec_args))))
+        return _decision(await self._arun(self._prepare(slots), 1, 0.0, _PEEK))
 
     @staticmethod
     def _observe_args(spec: Quota, obs: Observation) -> tuple[bytes, ...]:

@@ -4,7 +4,8 @@
 -- ARGV   [1] now ('' = server clock; tests only: a number, or '@' .. number, see clock())
 --        [2] cost   [3] max_wait ('inf' allowed)   [4] mode: 'a' acquire, 'p' peek
 --        then per limit: kind ('t' token bucket, 's' sliding, 'f' fixed, 'q' quota), p1, p2
--- Returns {allowed (1/0), wait, remaining, reset_after, limit} with the floats as strings.
+-- Returns {allowed (1/0), wait, remaining, reset_after, limit}: whole numbers as integers, the
+-- others as strings (Redis truncates Lua numbers to integers).
 
 local base, now = clock(ARGV[1])
 local cost = tonumber(ARGV[2])
@@ -38,8 +39,16 @@ else
   end
 end
 
+-- Whole numbers go back as integer replies (exact, and no formatting); others as strings.
+local function out(x)
+  if x == floor(x) and x > -1e15 and x < 1e15 then
+    return x
+  end
+  return num(x)
+end
+
 local allowed = 0
 if d[1] then
   allowed = 1
 end
-return { allowed, num(d[2]), num(d[3]), num(d[4]), num(d[5]) }
+return { allowed, out(d[2]), out(d[3]), out(d[4]), out(d[5]) }

@@ -27,7 +27,7 @@ if mine or active < limit then
   local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
   local ttl = tonumber(last[2]) - now
   if ttl > 0 then
-    redis.call('PEXPIRE', key, fmt('%d', min(math.ceil(ttl * 1000), 1e15) + px_slack))
+    redis.call('PEXPIRE', key, min(math.ceil(ttl * 1000), 1e15) + px_slack)
   else
     redis.call('DEL', key)
   end
