@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import hashlib
 import logging
 import math
@@ -76,6 +77,7 @@ _KINDS: dict[type[Any], int] = {TokenBucket: 1, SlidingWindow: 2, FixedWindow: 3
 _INHERITED: list[Any] = []
 
 
+@functools.lru_cache(maxsize=4096)
 def _spec_args(spec: Spec) -> tuple[int, float, float]:
     if isinstance(spec, TokenBucket):
         return 1, float(spec.rate_per_second), float(spec.burst)
@@ -548,8 +550,9 @@ class PostgresStore(Store):
     async def _fetchrow(self, sql: str, *args: Any) -> Any:
         return await self._statement(sql, args, many=False)
 
-    async def _statement(self, sql: str, args: tuple[Any, ...], *, many: bool) -> Any:
-        pool = await self._pool()
+    async def _statement(self, sql: str, args: tuple[Any, ...], *, many: bool, pool: Any = None) -> Any:
+        if pool is None:
+            pool = await self._pool()
         try:
             return await self._run_on(pool, sql, args, many)
         except self._missing_schema():
@@ -608,7 +611,9 @@ class PostgresStore(Store):
             return await future
         entry.inflight[signature] = []
         try:
-            row = await self._fetchrow(self._sql_acquire, keys, kinds, a, b, cost, float(max_wait))
+            row = await self._statement(
+                self._sql_acquire, (keys, kinds, a, b, cost, float(max_wait)), many=False, pool=entry.pool
+            )
             return Decision(row[0], row[1], row[2], row[3], row[4])
         finally:
             self._drain(entry, signature)
@@ -743,6 +748,10 @@ class PostgresStore(Store):
 
 
 def _encode_slots(slots: Sequence[Slot]) -> tuple[list[str], list[int], list[float], list[float]]:
+    if len(slots) == 1:
+        key, spec = slots[0]
+        kind, x, y = _spec_args(spec)
+        return [key], [kind], [x], [y]
     keys: list[str] = []
     kinds: list[int] = []
     a: list[float] = []

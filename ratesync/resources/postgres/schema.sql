@@ -28,7 +28,9 @@
 -- row); a lease row its own expiry. Each lease call deletes its key's expired leases; one call in
 -- 64 also runs {prefix}sweep, which deletes a bounded batch of expired rows (state rows walked in
 -- key order from a cursor kept in {prefix}meta, so the state table needs no index on expires_at
--- and its updates stay HOT).
+-- and its updates stay HOT). The sweep runs last, once the call holds all its locks: it only
+-- takes row locks with SKIP LOCKED and then waits for nothing, so it can join no deadlock (swept
+-- first, a call holding a swept row's lock could wait for a key whose holder waits for that row).
 
 CREATE {unlogged}TABLE IF NOT EXISTS {schema}.{prefix}state (
     key        text COLLATE "C" PRIMARY KEY,
