@@ -118,6 +118,45 @@ def _decision(reply: Sequence[Any]) -> Decision:
     return Decision(reply[0] == 1, float(reply[1]), float(reply[2]), float(reply[3]), float(reply[4]))
 
 
+class _ServerClock:
+    """Where the server's clock stands on this process's ``time.monotonic()``.
+
+    A reservation's wait counts from the moment the server made it. Read as "from now" by a
+    process that took a while to read the reply (a busy event loop, a descheduled process), it
+    would go late and bunch with the calls after it. Each reservation reply carries the server
+    time it was made at: the true offset between the clocks lies between ``server - received``
+    and ``server - sent``, and the sample with the shortest round trip pins it best (as NTP does).
+    A sample that proves the current estimate wrong (the server's clock was set) replaces it; an
+    estimate's error bound grows with its age, so drift is followed.
+    """
+
+    __slots__ = ("_best",)
+
+    #: How fast the two clocks may drift apart (seconds per second) when judging an old sample.
+    DRIFT = 1e-4
+
+    def __init__(self) -> None:
+        # (offset, error bound, monotonic time taken)
+        self._best: tuple[float, float, float] | None = None
+
+    def offset(self, sent: float, received: float, server_now: float) -> float:
+        low, high = server_now - received, server_now - sent
+        best = self._best
+        if best is not None:
+            offset, bound, taken = best
+            if low <= offset <= high and bound + self.DRIFT * (received - taken) <= (high - low) / 2:
+                return offset
+        offset = (low + high) / 2
+        self._best = (offset, (high - low) / 2, received)
+        return offset
+
+    def wait(self, sent: float, server_now: float, wait: float) -> float:
+        """The part of ``wait`` (counted by the server from ``server_now``) still ahead now."""
+        received = time.monotonic()
+        ahead = server_now + wait - self.offset(sent, received, server_now) - received
+        return wait if ahead >= wait else max(0.0, ahead)
+
+
 def _lease_decision(reply: Sequence[Any]) -> LeaseDecision:
     return LeaseDecision(reply[0] == 1, int(reply[1]), float(reply[2]))
 
@@ -184,6 +223,8 @@ class _Pool(redis.ConnectionPool):
     def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         if self.pid != os.getpid():
             self._checkpid()
+        # The readiness check below runs whatever the maintenance notification setting (redis-py
+        # skips it while that is "auto", the default).
         with self._lock:
             if self._available_connections:
                 connection = self._available_connections.pop()
@@ -255,7 +296,17 @@ class _AsyncPool(redis.asyncio.ConnectionPool):
             connection = await self._new_or_wait()
         self._in_use_connections.add(connection)
         try:
-            await self.ensure_connection(connection)
+            # redis-py's own check is skipped while maintenance notifications are "auto" (the
+            # default): a connection the server closed would fail its first command.
+            await connection.connect()  # type: ignore[no-untyped-call]
+            try:
+                if await connection.can_read():
+                    raise redis.exceptions.ConnectionError("Connection has data")
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+                await connection.disconnect()
+                await connection.connect()  # type: ignore[no-untyped-call]
+                if await connection.can_read():
+                    raise redis.exceptions.ConnectionError("Connection not ready") from None
         except BaseException:
             await self.release(connection)
             raise
@@ -396,6 +447,7 @@ class RedisStore(Store):
         # id(slot tuple) -> (slot tuple, prefixed keys, spec ARGV). The tuple is kept alive by the
         # entry, so its id cannot be reused while cached.
         self._prepared: dict[int, _Prepared] = {}
+        self._server_clock = _ServerClock()
 
     @classmethod
     def from_options(cls, name: str, options: dict[str, Any]) -> RedisStore:
@@ -613,10 +665,22 @@ class RedisStore(Store):
             return await call()
 
     def _acquire(self, slots: Sequence[Slot], cost: int, max_wait: float) -> Decision:
-        return _decision(self._run(self._prepare(slots), cost, max_wait, _ACQUIRE))
+        sent = time.monotonic()
+        reply = self._run(self._prepare(slots), cost, max_wait, _ACQUIRE)
+        if len(reply) == 5:
+            return _decision(reply)
+        return self._reservation(reply, sent)
 
     async def _aacquire(self, slots: Sequence[Slot], cost: int, max_wait: float) -> Decision:
-        return _decision(await self._arun(self._prepare(slots), cost, max_wait, _ACQUIRE))
+        sent = time.monotonic()
+        reply = await self._arun(self._prepare(slots), cost, max_wait, _ACQUIRE)
+        if len(reply) == 5:
+            return _decision(reply)
+        return self._reservation(reply, sent)
+
+    def _reservation(self, reply: Sequence[Any], sent: float) -> Decision:
+        wait = self._server_clock.wait(sent, float(reply[5]), float(reply[1]))
+        return Decision(True, wait, float(reply[2]), float(reply[3]), float(reply[4]))
 
     def _peek(self, slots: Sequence[Slot]) -> Decision:
         return _decision(self._run(self._prepare(slots), 1, 0.0, _PEEK))

@@ -5,7 +5,8 @@
 --        [2] cost   [3] max_wait ('inf' allowed)   [4] mode: 'a' acquire, 'p' peek
 --        then per limit: kind ('t' token bucket, 's' sliding, 'f' fixed, 'q' quota), p1, p2
 -- Returns {allowed (1/0), wait, remaining, reset_after, limit}: whole numbers as integers, the
--- others as strings (Redis truncates Lua numbers to integers).
+-- others as strings (Redis truncates Lua numbers to integers); a reservation adds the server time
+-- it was made at.
 
 local base, now = clock(ARGV[1])
 local cost = tonumber(ARGV[2])
@@ -50,5 +51,10 @@ end
 local allowed = 0
 if d[1] then
   allowed = 1
+end
+if d[1] and d[2] > 0 then
+  -- A reservation also says when it was made (server clock): the client counts the wait from
+  -- then, not from when it read the reply.
+  return { allowed, out(d[2]), out(d[3]), out(d[4]), out(d[5]), num(base + now) }
 end
 return { allowed, out(d[2]), out(d[3]), out(d[4]), out(d[5]) }
