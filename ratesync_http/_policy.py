@@ -203,7 +203,11 @@ class Plan:
 
     #: ``host`` or ``host METHOD /template``: names the limits in errors, logs and metrics.
     label: str
+    #: The store calls, the learned quota included.
     calls: tuple[StoreCall, ...]
+    #: The same without the learned quota: for a host that has answered without rate-limit
+    #: headers (checking an empty quota on every request would cost a store round trip's work).
+    lean_calls: tuple[StoreCall, ...]
     leases: tuple[LeaseSpec, ...]
     #: Where the learned quota lives (``None``: learning is off for this request).
     quota_key: str | None
@@ -267,6 +271,8 @@ class HttpPolicy:
         self._plans: dict[tuple[str, str, str | None], Plan] = {}
         self._lock = threading.Lock()
         self._known: set[str] = set()
+        self._heard: set[str] = set()
+        self._learned: set[str] = set()
         self._gates: dict[str, threading.Event] = {}
         self._waiters: dict[str, _Waiters] = {}
         self.reset_metrics()
@@ -362,14 +368,15 @@ class HttpPolicy:
             own_slots += [(f"{tag}#{name}:{i}", spec) for i, spec in enumerate(rule.specs)]
             if rule.max_concurrent is not None:
                 leases.append(LeaseSpec(self.store, f"{tag}#{name}:lease", rule.max_concurrent, rule.lease_seconds))
-        if quota_key is not None and not control.skip:
-            own_slots.append((quota_key, self.quota_spec))
-        calls: list[StoreCall] = []
+        lean: list[StoreCall] = []
         if own_slots:
-            calls.append(StoreCall(self.store, tuple(own_slots)))
-        calls += other_calls
+            lean.append(StoreCall(self.store, tuple(own_slots)))
+        lean += other_calls
+        calls = lean
+        if quota_key is not None and not control.skip:
+            calls = [StoreCall(self.store, (*own_slots, (quota_key, self.quota_spec))), *other_calls]
         if control.skip:
-            calls, leases = [], []
+            calls, lean, leases = [], [], []
         if control.timeout_set:
             timeout = control.timeout
         else:
@@ -379,6 +386,7 @@ class HttpPolicy:
         return Plan(
             label=label,
             calls=tuple(calls),
+            lean_calls=tuple(lean),
             leases=tuple(leases),
             quota_key=quota_key,
             timeout=timeout,
@@ -478,6 +486,33 @@ class HttpPolicy:
                 return False, gate
             self._gates[key] = threading.Event()
             return True, None
+
+    def calls_for(self, plan: Plan) -> tuple[StoreCall, ...]:
+        """The plan's store calls: with the learned quota unless this host is known to send no headers.
+
+        The quota is consulted until this process has heard from the host, and for good once the
+        host has taught anything; a host that answered without rate-limit headers skips it.
+        """
+        key = plan.quota_key
+        if key is None or key in self._learned or key not in self._heard:
+            return plan.calls
+        return plan.lean_calls
+
+    def heard(self, plan: Plan, learned: bool) -> None:
+        """Record that the host of ``plan`` answered (and whether its answer taught anything)."""
+        key = plan.quota_key
+        if key is None:
+            return
+        if learned and key not in self._learned:
+            with self._lock:
+                if len(self._learned) >= _GATE_LIMIT:
+                    self._learned.clear()
+                self._learned.add(key)
+        if key not in self._heard:
+            with self._lock:
+                if len(self._heard) >= _GATE_LIMIT:
+                    self._heard.clear()
+                self._heard.add(key)
 
     def probe_exit(self, plan: Plan) -> None:
         key = plan.quota_key

@@ -94,13 +94,14 @@ def wait_gate_sync(policy: HttpPolicy, plan: Plan) -> bool:
 def acquire(policy: HttpPolicy, plan: Plan, cost: int, sleep: Callable[[float], None]) -> Permit:
     """Wait for every limit of ``plan`` (raising ``RateLimitTimeout`` before sending if too long)."""
     timeout = plan.timeout
-    if plan.calls:
+    calls = policy.calls_for(plan)
+    if calls:
         # Each call reserves its place (or refuses, charging nothing); one sleep then covers the
         # longest wait. Waits are not shortened by the time the calls took: going a little later
         # than reserved is always within the limits.
         budget = math.inf if timeout is None else timeout
         wait = 0.0
-        for call in plan.calls:
+        for call in calls:
             d = call.store.acquire(call.slots, cost, budget)
             if d.degraded:
                 policy.degraded += 1
@@ -167,6 +168,7 @@ def learn(policy: HttpPolicy, plan: Plan, status: int, headers: Any, names: Iter
                 stored = True
             except Exception as exc:  # learning must never fail the caller's request
                 logger.debug("rate-sync: could not record what %s said: %s", plan.label, exc)
+    policy.heard(plan, stored)
     return policy.verdict(info, status, attempt, stored)
 
 
@@ -187,13 +189,14 @@ async def await_gate(policy: HttpPolicy, plan: Plan) -> bool:
 async def aacquire(policy: HttpPolicy, plan: Plan, cost: int, sleep: Callable[[float], Awaitable[None]]) -> Permit:
     """Async twin of :func:`acquire`."""
     timeout = plan.timeout
-    if plan.calls:
+    calls = policy.calls_for(plan)
+    if calls:
         # Each call reserves its place (or refuses, charging nothing); one sleep then covers the
         # longest wait. Waits are not shortened by the time the calls took: going a little later
         # than reserved is always within the limits.
         budget = math.inf if timeout is None else timeout
         wait = 0.0
-        for call in plan.calls:
+        for call in calls:
             d = await call.store.aacquire(call.slots, cost, budget)
             if d.degraded:
                 policy.degraded += 1
@@ -262,4 +265,5 @@ async def alearn(
                 stored = True
             except Exception as exc:  # learning must never fail the caller's request
                 logger.debug("rate-sync: could not record what %s said: %s", plan.label, exc)
+    policy.heard(plan, stored)
     return policy.verdict(info, status, attempt, stored)

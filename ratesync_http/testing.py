@@ -27,6 +27,11 @@ __all__ = ["HeaderStyle", "LocalUpstream", "UpstreamStats"]
 HeaderStyle = Literal["ietf", "x-ratelimit", "none"]
 
 
+class _Server(ThreadingHTTPServer):
+    # The default backlog of 5 drops connections when 50 clients connect at once.
+    request_queue_size = 256
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamStats:
     """What the upstream has seen since it started (or ``reset()``)."""
@@ -101,7 +106,7 @@ class LocalUpstream:
     def start(self) -> LocalUpstream:
         if self._server is not None:
             return self
-        server = ThreadingHTTPServer(("127.0.0.1", self._port), self._handler_class())
+        server = _Server(("127.0.0.1", self._port), self._handler_class())
         server.daemon_threads = True
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
