@@ -413,6 +413,9 @@ class PostgresStore(Store):
             self._pool_locks.pop(loop, None)
             self._forget_dead_loops()
         if entry is not None and entry.pid == os.getpid():
+            if entry.tasks:
+                # Batches under way finish (or fail) first: their callers are waiting for them.
+                await asyncio.wait(list(entry.tasks), timeout=self.command_timeout)
             try:
                 await asyncio.wait_for(entry.pool.close(), self.command_timeout)
             except Exception:

@@ -507,6 +507,42 @@ BEGIN
     v_now := coalesce(p_now, 0.0);
 
     IF n = 1 THEN
+        IF p_kinds[1] = 1 AND NOT p_peek THEN
+            -- The hot path: a token bucket alone whose row exists and admits the call is decided
+            -- and written by this one UPDATE (GCRA, as in step, with tat the live state or now).
+            -- Otherwise (no row, another kind, a refusal) it matches nothing and the general path
+            -- below decides. Outputs are computed from the TAT it wrote, read back as written
+            -- (relative to the clock that is within a float8's last bit, exact with p_now).
+            v_interval := 1.0 / p_a[1];
+            v_span := p_b[1] * v_interval;
+            UPDATE {schema}.{prefix}state s
+               SET v1 = (CASE WHEN s.expires_at - v_base > v_now AND s.v1 - v_base >= v_now
+                              THEN s.v1 - v_base ELSE v_now END + v_cost * v_interval) + v_base,
+                   expires_at = (v_base + v_now) + greatest(0.0,
+                       (CASE WHEN s.expires_at - v_base > v_now AND s.v1 - v_base >= v_now
+                             THEN s.v1 - v_base ELSE v_now END + v_cost * v_interval) - v_now)
+             WHERE s.key = p_keys[1] AND s.kind = 1
+               AND (CASE WHEN s.expires_at - v_base > v_now AND s.v1 - v_base >= v_now
+                         THEN s.v1 - v_base ELSE v_now END + v_cost * v_interval) - v_span - v_now
+                   <= v_max_wait + eps
+            RETURNING s.v1 - v_base INTO v_new_tat;
+            IF FOUND THEN
+                v_at := v_new_tat - v_span - v_now;
+                IF v_at <= eps THEN
+                    v_at := 0.0;
+                END IF;
+                allowed := true;
+                wait := v_at;
+                remaining := CASE WHEN v_at = 0.0
+                    THEN greatest(0.0, floor((v_span - (v_new_tat - v_now)) / v_interval + eps)) ELSE 0.0 END;
+                reset_after := v_new_tat - v_now;
+                lim := p_b[1];
+                IF random() < 0.015625 THEN
+                    PERFORM {schema}.{prefix}sweep(v_base + v_now);
+                END IF;
+                RETURN;
+            END IF;
+        END IF;
         SELECT s.* INTO v_row FROM {schema}.{prefix}state s WHERE s.key = p_keys[1];
         v_f := FOUND;
         v_same := v_f AND v_row.kind = p_kinds[1];
@@ -716,16 +752,17 @@ BEGIN
             v_win := v_row.v4;
         END IF;
         v_tol := CASE WHEN coalesce(v_win, 0.0) <> 0.0 THEN least(1.0, 0.5 * v_win) ELSE 1.0 END;
-        IF v_reset_at <= s_reset_at + v_tol THEN
+        IF v_reset_at < s_reset_at - v_tol THEN
+            -- About an earlier window than the mirror's (it has moved on): only what the response
+            -- says of the limit and the window is kept.
+            v_same_window := true;
+            v_reset_at := s_reset_at;
+            v_rem := v_row.v2;
+        ELSIF v_reset_at <= s_reset_at + v_tol THEN
             -- The same window: a response can only lower what is left.
             v_same_window := true;
-            IF v_reset_at < s_reset_at - v_tol AND v_rem >= v_row.v2 THEN
-                v_reset_at := s_reset_at;
-                v_rem := v_row.v2;
-            ELSE
-                v_reset_at := greatest(v_reset_at, s_reset_at);
-                v_rem := least(v_rem, v_row.v2);
-            END IF;
+            v_reset_at := greatest(v_reset_at, s_reset_at);
+            v_rem := least(v_rem, v_row.v2);
         END IF;
     ELSIF v_win IS NULL AND v_lim IS NOT NULL AND v_reset_after > 0 THEN
         v_win := v_reset_after;
