@@ -80,6 +80,18 @@ class Registry:
             self.http_config = config.http
             self.config_path = config.path
 
+    def ensure_loaded(self) -> None:
+        """Load the configuration file now if this registry autoloads and has not yet (idempotent)."""
+        self._ensure_loaded()
+
+    def default_store(self) -> Store:
+        """The store of limiters that name none: an in-process memory store, made on first use."""
+        with self._lock:
+            store = self._stores.get(DEFAULT_STORE_ID)
+            if store is None:
+                store = self._stores[DEFAULT_STORE_ID] = MemoryStore(name=DEFAULT_STORE_ID)
+            return store
+
     def _ensure_loaded(self) -> None:
         if not self._autoload:
             return
@@ -141,7 +153,7 @@ class Registry:
         if store is None:
             if config.store_id is not None:
                 raise UnknownStoreError(store_id, sorted(self._stores))
-            store = self._stores[DEFAULT_STORE_ID] = MemoryStore(name=DEFAULT_STORE_ID)
+            store = self.default_store()
         return Limiter(
             config.limiter_id,
             store,
