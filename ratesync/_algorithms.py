@@ -400,7 +400,8 @@ def decide(
         return decision, [new_state]
     first = [_ALGORITHMS[type(s)](st, now, cost, s, math.inf)[0] for st, s in zip(states, specs, strict=True)]
     at = max(d.wait for d in first)
-    if at > max_wait + EPSILON:
+    # ``inf``: some limit can never admit this cost; ``inf > inf + EPSILON`` is false, hence the test.
+    if math.isinf(at) or at > max_wait + EPSILON:
         binding = max(first, key=lambda d: d.wait)
         remaining = min(_remaining_now(st, now, s) for st, s in zip(states, specs, strict=True))
         return Decision(False, at, remaining, binding.reset_after, binding.limit), list(states)

@@ -317,3 +317,10 @@ def test_quota_observe_never_raises_remaining_within_a_window(ops: Any) -> None:
         if new is not None:
             assert new.reset_at <= now + spec.max_cooldown + 1e-9
         state = new
+
+
+def test_combined_refuses_a_cost_one_limit_can_never_admit() -> None:
+    specs = [TokenBucket(10.0, 20), SlidingWindow(3, 1.0)]
+    d, states = decide([None, None], 0.0, 5, specs, math.inf)
+    assert not d.allowed and d.wait == math.inf
+    assert states == [None, None]
