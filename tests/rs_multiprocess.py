@@ -23,7 +23,7 @@ def _worker(
     config: dict[str, Any],
     limiter_id: str,
     tasks: int,
-    start_at: float,
+    start: Any,
     duration: float,
     mode: str,
     out: Any,
@@ -32,9 +32,12 @@ def _worker(
 
     registry = ratesync.Registry(config=config)
     times: list[float] = []
-    deadline = start_at + duration
     try:
         limiter = registry.get_limiter(limiter_id)
+        # Ready (imported, configured): wait for every process, so a slow start loses no time.
+        out.put(("ready", None))
+        start_at = start.get()
+        deadline = start_at + duration
         if mode == "async":
 
             async def task() -> None:
@@ -96,21 +99,36 @@ def run_processes(
     tasks_per_process: int = 10,
     duration: float = 3.0,
     mode: str = "async",
-    startup: float = 1.5,
+    startup: float = 0.3,
 ) -> list[float]:
-    """Admission times (``time.time()``) of all processes, sorted. Raises if a process failed."""
+    """Admission times (``time.time()``) of all processes, sorted. Raises if a process failed.
+
+    Every process first reports ready; then all start together ``startup`` seconds later.
+    """
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    start_at = time.time() + startup
+    start = ctx.Queue()
     procs = [
-        ctx.Process(target=_worker, args=(config, limiter_id, tasks_per_process, start_at, duration, mode, out))
+        ctx.Process(target=_worker, args=(config, limiter_id, tasks_per_process, start, duration, mode, out))
         for _ in range(processes)
     ]
     for p in procs:
         p.start()
     results = []
     try:
+        ready = 0
+        while ready < len(procs):
+            kind, payload = out.get(timeout=120)
+            if kind == "ready":
+                ready += 1
+            else:
+                results.append((kind, payload))
+                if kind == "error":
+                    raise AssertionError(f"worker process failed before the start: {payload}")
+        start_at = time.time() + startup
         for _ in procs:
+            start.put(start_at)
+        while len(results) < len(procs):
             results.append(out.get(timeout=startup + duration + 60))
     finally:
         for p in procs:
@@ -118,8 +136,9 @@ def run_processes(
             if p.is_alive():
                 p.kill()
                 p.join()
-        out.close()
-        out.join_thread()
+        for q in (out, start):
+            q.close()
+            q.join_thread()
     errors = [r[1] for r in results if r[0] == "error"]
     if errors:
         raise AssertionError(f"worker process failed: {errors}")
