@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._algorithms import (
     Decision,
@@ -45,6 +45,12 @@ from ._limiter import Acquisition, Attempt, Limiter, LimiterMetrics, LimiterStat
 from ._registry import Registry, _Initialized, default_registry, rate_limited
 from ._stores import MemoryStore, Store, redact_url
 
+if TYPE_CHECKING:  # imported lazily at run time (see __getattr__): their client libraries are optional
+    from ._stores.nats import NatsStore
+    from ._stores.postgres import PostgresStore
+    from ._stores.redis import RedisStore
+    from ._stores.sqlite import SQLiteStore
+
 __version__ = "0.1.0"
 
 # The default registry's table, read directly on the hot path of acquire().
@@ -64,6 +70,10 @@ __all__ = [
     "LimiterMetrics",
     "LimiterState",
     "MemoryStore",
+    "NatsStore",
+    "PostgresStore",
+    "RedisStore",
+    "SQLiteStore",
     "MissingDependencyError",
     "Observation",
     "Quota",
@@ -177,3 +187,25 @@ def initialize_limiter(limiter_id: str) -> _Initialized:
 def initialize_all_limiters() -> _Initialized:
     """Check every limiter now (``await`` it in async code to connect the stores too)."""
     return default_registry.initialize_all_limiters()
+
+
+_LAZY_STORES = {
+    "RedisStore": "ratesync._stores.redis",
+    "PostgresStore": "ratesync._stores.postgres",
+    "SQLiteStore": "ratesync._stores.sqlite",
+    "NatsStore": "ratesync._stores.nats",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Store classes whose client library is optional: imported on first access only.
+    module = _LAZY_STORES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ratesync' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_STORES))

@@ -433,8 +433,10 @@ def test_engine_and_strategy_are_one_setting(registry: Registry) -> None:
 
 def test_exports_are_exactly_all() -> None:
     public = {name for name in dir(ratesync) if not name.startswith("_")}
-    modules = {"annotations"}
-    assert public - modules - {"os", "Mapping", "Any"} == set(ratesync.__all__) - {"__version__"}
+    assert public - {"annotations", "os", "Mapping", "Any"} == set(ratesync.__all__) - {"__version__"}
+    for name in ratesync.__all__:
+        assert getattr(ratesync, name) is not None
+    assert ratesync.RedisStore.engine == "redis"
 
 
 def test_repr_shows_live_state(reg: Registry, clock: FakeClock) -> None:
