@@ -433,7 +433,7 @@ def test_engine_and_strategy_are_one_setting(registry: Registry) -> None:
 
 def test_exports_are_exactly_all() -> None:
     public = {name for name in dir(ratesync) if not name.startswith("_")}
-    assert public - {"annotations", "os", "Mapping", "Any"} == set(ratesync.__all__) - {"__version__"}
+    assert public - {"annotations", "os", "Mapping", "Any", "TYPE_CHECKING"} == set(ratesync.__all__) - {"__version__"}
     for name in ratesync.__all__:
         assert getattr(ratesync, name) is not None
     assert ratesync.RedisStore.engine == "redis"

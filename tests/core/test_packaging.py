@@ -40,11 +40,14 @@ def test_missing_client_library_names_the_extra(monkeypatch: pytest.MonkeyPatch)
         "postgres": {"url": "postgresql://localhost/test"},
         "nats": {"url": "nats://localhost:4222"},
     }
+
+    def use(engine: str, options: dict[str, str]) -> None:
+        store = Registry().configure_store(f"s-{engine}", engine=engine, **options)
+        store.initialize()
+
     for engine, options in cases.items():
-        reg = Registry()
         with pytest.raises(MissingDependencyError) as info:
-            store = reg.configure_store(f"s-{engine}", engine=engine, **options)
-            store.initialize()
+            use(engine, options)
         extra = "postgres" if engine == "postgres" else engine
         assert f"rate-sync[{extra}]" in str(info.value)
         assert isinstance(info.value, ImportError)
