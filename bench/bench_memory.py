@@ -117,24 +117,31 @@ def main() -> None:
         for _ in range(k):
             await acquire("bench", key="user-42")
 
-    rows = []
-    b_sync = best_ns(base_sync, n, repeat)
-    rows.append(("baseline: minimal bucket + lock (sync)", b_sync, 1.0, ""))
-    for label, fn in [
-        ("with acquire(id)", ours_sync),
-        ("with acquire(id, key=...)", ours_sync_key),
-    ]:
-        ns = best_ns(fn, n, repeat)
-        ok = ns < 1000 and ns / b_sync <= 2.5
-        rows.append((label, ns, ns / b_sync, "ok" if ok else "MISSED (<1000 ns, <=2.5x)"))
-    b_async = abest_ns(base_async, n, repeat)
-    rows.append(("baseline: minimal bucket (async def)", b_async, 1.0, ""))
-    for label, afn in [
+    # Rounds interleave the baseline and every variant, so a burst of load on a shared machine
+    # hits them alike; each keeps its best round.
+    sync_cases = [("with acquire(id)", ours_sync), ("with acquire(id, key=...)", ours_sync_key)]
+    async_cases = [
         ("await acquire(id)", ours_await),
         ("async with acquire(id)", ours_async_with),
         ("await acquire(id, key=...)", ours_async_key),
-    ]:
-        ns = abest_ns(afn, n, repeat)
+    ]
+    best: dict[str, float] = {}
+    for _ in range(repeat):
+        for label, fn in [("base_sync", base_sync), *sync_cases]:
+            best[label] = min(best.get(label, float("inf")), best_ns(fn, n, 1))
+        for label, afn in [("base_async", base_async), *async_cases]:
+            best[label] = min(best.get(label, float("inf")), abest_ns(afn, n, 1))
+    rows = []
+    b_sync = best["base_sync"]
+    rows.append(("baseline: minimal bucket + lock (sync)", b_sync, 1.0, ""))
+    for label, _ in sync_cases:
+        ns = best[label]
+        ok = ns < 1000 and ns / b_sync <= 2.5
+        rows.append((label, ns, ns / b_sync, "ok" if ok else "MISSED (<1000 ns, <=2.5x)"))
+    b_async = best["base_async"]
+    rows.append(("baseline: minimal bucket (async def)", b_async, 1.0, ""))
+    for label, _ in async_cases:
+        ns = best[label]
         ok = ns < 1200 and ns / b_async <= 4.0
         rows.append((label, ns, ns / b_async, "ok" if ok else "MISSED (<1200 ns, <=4x)"))
 

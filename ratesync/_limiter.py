@@ -392,18 +392,22 @@ class Limiter:
             self._wait_max = wait
 
     def _fast_wait(self, key: str | None, cost: int, timeout: float | None) -> float:
-        assert self._fast is not None
-        wait = self._fast(
+        wait = self._fast(  # type: ignore[misc]
             self._key0 if key is None else self._fast_key(key),
             self._interval,
             self._span,
             cost,
             _INF if timeout is None else timeout,
         )
-        if wait > 0.0:
-            self._record_wait(wait)
-        elif wait < 0.0:
+        if wait != 0.0:
+            return self._fast_waited(wait, timeout)
+        return wait
+
+    def _fast_waited(self, wait: float, timeout: float | None) -> float:
+        # Off the allowed path: a reservation to record, or a refusal to raise.
+        if wait < 0.0:
             raise self._timed_out(-wait, timeout)
+        self._record_wait(wait)
         return wait
 
     def _rate_sync(self, key: str | None, cost: int, timeout: float | None) -> None:
@@ -597,10 +601,19 @@ class Acquisition:
             limiter._check_cost(self._cost)
         timeout = self._timeout
         if limiter.max_concurrent is None:
-            if limiter._fast is not None:
-                wait = limiter._fast_wait(self._key, self._cost, timeout)
-                if wait > 0.0:
-                    limiter._sleep(wait)
+            fast = limiter._fast
+            if fast is not None:
+                # The hot path, inlined: one call into the memory store, nothing built.
+                key = self._key
+                wait = fast(
+                    limiter._key0 if key is None else limiter._fast_key(key),
+                    limiter._interval,
+                    limiter._span,
+                    self._cost,
+                    _INF if timeout is None else timeout,
+                )
+                if wait != 0.0:
+                    limiter._sleep(limiter._fast_waited(wait, timeout))
             else:
                 limiter._rate_sync(self._key, self._cost, timeout)
             limiter._acquisitions += 1
