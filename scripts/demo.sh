@@ -7,5 +7,5 @@ PYTHON="${PYTHON:-python3}"
 # shellcheck disable=SC1091
 . .venv/bin/activate
 python -m pip install -q --upgrade "pip>=25.1" >/dev/null
-python -m pip install -q -e ".[httpx]" uvicorn starlette >/dev/null
+python -m pip install -q -e ".[httpx]" >/dev/null
 exec python -m ratesync_http.demo "$@"
