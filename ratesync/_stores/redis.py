@@ -62,6 +62,9 @@ _PEEK: Final = b"p"
 _CACHE_SIZE: Final = 4096
 #: ... and up to this many packed calls (cost, max_wait) per tuple.
 _CALLS_PER_SLOTS: Final = 8
+#: Most calls one batch script decides.
+_BATCH_MAX: Final = 256
+_BATCH: Final = b"b"
 
 
 #: The Lua files each script is made of, in order (Redis scripts cannot import: they are joined).
@@ -183,13 +186,15 @@ class _Call:
 class _Prepared:
     """The keys and spec arguments of one slot tuple, and its packed calls."""
 
-    __slots__ = ("args", "calls", "keys", "slots")
+    __slots__ = ("args", "batch", "calls", "keys", "slots")
 
     def __init__(self, slots: Sequence[Slot], keys: tuple[str, ...], args: tuple[bytes, ...]) -> None:
         self.slots = slots
         self.keys = keys
         self.args = args
         self.calls: dict[tuple[int, float, bytes], _Call] = {}
+        #: Set while an async call for these keys is in flight: later callers queue on it.
+        self.batch: _Batch | None = None
 
     def call(self, connection: Any, sha: str, cost: int, max_wait: float, mode: bytes) -> _Call:
         argv = _call_args(cost, max_wait, mode, self.args)
@@ -199,6 +204,17 @@ class _Prepared:
         if len(self.calls) < _CALLS_PER_SLOTS:
             self.calls[(cost, max_wait, mode)] = call
         return call
+
+
+class _Batch:
+    """Async callers of one event loop queued behind a call in flight for the same keys."""
+
+    __slots__ = ("loop", "queue", "task")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: list[tuple[int, float, asyncio.Future[Decision]]] = []
+        self.task: asyncio.Task[None] | None = None
 
 
 class _Pool(redis.ConnectionPool):
@@ -387,7 +403,10 @@ class RedisStore(Store):
     one for sync callers, one per event loop for async callers (per node in a cluster); callers
     beyond it wait for a free connection. ``socket_timeout`` and ``connect_timeout`` are short by
     default so that a dead Redis costs little; the outage policy (``on_error``) then answers
-    without touching the network until ``retry_interval`` has passed.
+    without touching the network until ``retry_interval`` has passed. With ``batch`` (the
+    default), async callers of one event loop that acquire the same keys while a call for them is
+    in flight are decided together by the next call, in their order: the same answers as one
+    call each, for one round trip.
     """
 
     engine = "redis"
@@ -402,6 +421,7 @@ class RedisStore(Store):
         socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         cluster: bool | None = None,
+        batch: bool = True,
         name: str = "",
         on_error: OnError = "closed",
         retry_interval: float = 1.0,
@@ -437,6 +457,7 @@ class RedisStore(Store):
         self.pool_size = pool_size
         self.socket_timeout = float(socket_timeout)
         self.connect_timeout = float(connect_timeout)
+        self.batch = bool(batch)
         self._client_url = url.replace("+cluster", "", 1) if url_cluster else url
         self._safe_url = safe
         self._lock = threading.Lock()
@@ -462,6 +483,7 @@ class RedisStore(Store):
             socket_timeout=as_float(options.get("socket_timeout", DEFAULT_SOCKET_TIMEOUT), "socket_timeout"),
             connect_timeout=as_float(options.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT), "connect_timeout"),
             cluster=None if cluster is None else as_bool(cluster, "cluster"),
+            batch=as_bool(options.get("batch", True), "batch"),
             name=name,
             on_error=options.get("on_error", "closed"),
             retry_interval=as_float(options.get("retry_interval", 1.0), "retry_interval"),
@@ -672,11 +694,101 @@ class RedisStore(Store):
         return self._reservation(reply, sent)
 
     async def _aacquire(self, slots: Sequence[Slot], cost: int, max_wait: float) -> Decision:
+        prepared = self._prepare(slots)
+        if not self.batch:
+            return await self._aacquire_one(prepared, cost, max_wait)
+        batch = prepared.batch
+        loop = asyncio.get_running_loop()
+        if batch is not None:
+            if batch.loop is loop:
+                # A call for these keys is in flight: queue for the next one, which decides every
+                # queued call in order (see _drain).
+                future: asyncio.Future[Decision] = loop.create_future()
+                batch.queue.append((cost, max_wait, future))
+                return await future
+            return await self._aacquire_one(prepared, cost, max_wait)
+        batch = prepared.batch = _Batch(loop)
+        try:
+            return await self._aacquire_one(prepared, cost, max_wait)
+        finally:
+            if batch.queue:
+                batch.task = loop.create_task(self._drain(prepared, batch))
+            elif prepared.batch is batch:
+                prepared.batch = None
+
+    async def _aacquire_one(self, prepared: _Prepared, cost: int, max_wait: float) -> Decision:
         sent = time.monotonic()
-        reply = await self._arun(self._prepare(slots), cost, max_wait, _ACQUIRE)
+        reply = await self._arun(prepared, cost, max_wait, _ACQUIRE)
         if len(reply) == 5:
             return _decision(reply)
         return self._reservation(reply, sent)
+
+    async def _drain(self, prepared: _Prepared, batch: _Batch) -> None:
+        """Decide the queued calls, a script call per batch, until none is left."""
+        queue = batch.queue
+        try:
+            while queue:
+                calls = [c for c in queue[:_BATCH_MAX] if not c[2].done()]  # skip the cancelled
+                del queue[:_BATCH_MAX]
+                if not calls:
+                    continue
+                try:
+                    decisions = await self._abatch(prepared, calls)
+                except Exception as exc:
+                    # Each caller meets the failure as if its own call had failed (the outage
+                    # policy answers each of them).
+                    for _, _, future in calls:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, _, future), decision in zip(calls, decisions, strict=True):
+                    if not future.done():
+                        future.set_result(decision)
+        finally:
+            if prepared.batch is batch:
+                prepared.batch = None
+            for _, _, future in queue:  # only when this task itself is cancelled (loop shutdown)
+                future.cancel()
+
+    async def _abatch(
+        self, prepared: _Prepared, calls: list[tuple[int, float, asyncio.Future[Decision]]]
+    ) -> list[Decision]:
+        argv: list[bytes] = [_SERVER_CLOCK, str(len(calls)).encode(), _ZERO, _BATCH, *prepared.args]
+        for cost, max_wait, _ in calls:
+            argv.append(_ONE if cost == 1 else str(int(cost)).encode())
+            argv.append(_float_arg(max_wait))
+        sent = time.monotonic()
+        side = self._async()
+        script = side.acquire
+        pool = side.pool
+        if pool is None:
+            reply = await self._gated(side, lambda: script(prepared.keys, argv))
+        else:
+            reply = await self._arun_packed(pool, script, prepared.keys, argv)
+        server_now = float(reply[0])
+        clock = self._server_clock
+        decisions = []
+        for i in range(1, len(reply), 5):
+            wait = float(reply[i + 1])
+            allowed = reply[i] == 1
+            if allowed and wait > 0.0:
+                wait = clock.wait(sent, server_now, wait)
+            decisions.append(Decision(allowed, wait, float(reply[i + 2]), float(reply[i + 3]), float(reply[i + 4])))
+        return decisions
+
+    @staticmethod
+    async def _arun_packed(pool: Any, script: Any, keys: tuple[str, ...], argv: Sequence[bytes]) -> Any:
+        connection = await pool.get_connection()
+        try:
+            await connection.send_packed_command(
+                connection.pack_command("EVALSHA", script.sha, len(keys), *keys, *argv), False
+            )
+            return await connection.read_response()
+        except redis.exceptions.NoScriptError:
+            pass
+        finally:
+            await pool.release(connection)
+        return await script(keys, argv)
 
     def _reservation(self, reply: Sequence[Any], sent: float) -> Decision:
         wait = self._server_clock.wait(sent, float(reply[5]), float(reply[1]))

@@ -40,16 +40,19 @@ def test_from_options_converts_and_validates() -> None:
             "connect_timeout": "0.1",
             "on_error": "local",
             "retry_interval": 2,
+            "batch": "false",
         },
     )
     assert isinstance(store, RedisStore)
     assert (store.pool_size, store.socket_timeout, store.connect_timeout) == (8, 0.25, 0.1)
     assert (store.key_prefix, store.on_error, store.retry_interval, store.cluster) == ("app:", "local", 2.0, False)
+    assert store.batch is False
     assert store.describe() == "redis rediss://cache.example:6380/2 prefix 'app:'"
     defaults = create_store("d", "redis", {})
     assert isinstance(defaults, RedisStore)
     assert (defaults.url, defaults.key_prefix) == ("redis://127.0.0.1:6379/0", "ratesync:")
     assert (defaults.connect_timeout, defaults.socket_timeout, defaults.pool_size) == (0.5, 1.0, 50)
+    assert defaults.batch is True
     assert create_store("c", "redis", {"url": "redis+cluster://10.0.0.1:7000"}).cluster  # type: ignore[attr-defined]
 
 
@@ -65,6 +68,7 @@ def test_from_options_converts_and_validates() -> None:
         ({"url": "unix:///tmp/redis.sock", "cluster": True}, "cluster"),
         ({"url": "redis+cluster://h:7000", "cluster": False}, "cluster"),
         ({"cluster": "maybe"}, "cluster"),
+        ({"batch": 2}, "batch"),
         ({"database": 3}, "database"),
     ],
 )

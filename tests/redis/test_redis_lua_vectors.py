@@ -125,6 +125,20 @@ class Pair:
         got = Decision(r[0] == 1, float(r[1]), float(r[2]), float(r[3]), float(r[4]))
         return ref, got
 
+    def batch(self, calls: Sequence[tuple[int, float]]) -> list[tuple[Decision, Decision]]:
+        """Several calls at one instant: the reference one after the other, the script as a batch."""
+        refs = [self.memory.acquire(self.slots, cost, max_wait) for cost, max_wait in calls]
+        args: list[Any] = [clock_arg(self.now, self.relative), str(len(calls)), "0", b"b", *self.spec_args]
+        for cost, max_wait in calls:
+            args += [str(cost), fl(max_wait)]
+        r = self.lua.acquire(keys=self.keys, args=args)
+        assert float(r[0]) == pytest.approx(self.now, abs=TOL)
+        got = [
+            Decision(r[i] == 1, float(r[i + 1]), float(r[i + 2]), float(r[i + 3]), float(r[i + 4]))
+            for i in range(1, len(r), 5)
+        ]
+        return list(zip(refs, got, strict=True))
+
     def observe(self, index: int, obs: Observation) -> None:
         key, spec = self.slots[index]
         assert isinstance(spec, Quota)
@@ -217,7 +231,15 @@ class Observe:
     obs: Observation
 
 
-Step = Acquire | Peek | Observe
+@dataclass(frozen=True)
+class Batch:
+    """Several calls decided by one batch script call, at one instant."""
+
+    dt: float
+    calls: tuple[tuple[int, float], ...]
+
+
+Step = Acquire | Peek | Observe | Batch
 
 
 def run(lua: Lua, specs: Sequence[Spec], steps: Sequence[Step], *, start: float, relative: bool = False) -> None:
@@ -234,6 +256,9 @@ def run(lua: Lua, specs: Sequence[Spec], steps: Sequence[Step], *, start: float,
         elif isinstance(step, Peek):
             ref, got = pair.acquire(1, 0.0, peek=True)
             assert_decision(ref, got, where)
+        elif isinstance(step, Batch):
+            for k, (ref, got) in enumerate(pair.batch(step.calls)):
+                assert_decision(ref, got, f"{where} call {k}")
         else:
             ref, got = pair.acquire(step.cost, step.max_wait)
             assert_decision(ref, got, where)
@@ -333,6 +358,26 @@ def test_combined_limits_golden(lua: Lua) -> None:
     steps: list[Step] = [Acquire(0.0)] * 4 + [Acquire(0.0, max_wait=100.0), Peek(0.0), Acquire(0.0, 2, 100.0)]
     steps += [Acquire(61.0, 2), Acquire(0.0, 5), Acquire(0.0, 1, math.inf)]
     run(lua, specs, steps, start=3000.0)
+
+
+def test_batch_golden(lua: Lua) -> None:
+    # Five calls at one instant on a bucket of burst 2 at 1/s: two now, then reservations 1 s apart
+    # for those willing to wait, a refusal for the one that is not.
+    pair = Pair(lua, [TokenBucket(rate_per_second=1.0, burst=2)])
+    pair.now = 100.0
+    results = pair.batch([(1, 10.0), (1, 10.0), (1, 10.0), (1, 0.0), (1, 10.0)])
+    for ref, got in results:
+        assert got == ref
+    assert [(d.allowed, d.wait) for _, d in results] == [
+        (True, 0.0),
+        (True, 0.0),
+        (True, 1.0),
+        (False, 2.0),
+        (True, 2.0),
+    ]
+    assert pair.lua_state(0) == 104.0
+    steps: list[Step] = [Batch(0.0, ((1, 0.0),) * 4), Batch(0.5, ((2, 60.0), (1, 0.0), (3, 60.0))), Peek(0.0)]
+    run(lua, [SlidingWindow(3, 30.0), FixedWindow(5, 60.0)], steps, start=7.25)
 
 
 def test_lease_golden(lua: Lua) -> None:
@@ -438,9 +483,15 @@ def any_sequence(draw: st.DrawFn, *, dyadic: bool = False) -> tuple[list[Spec], 
     max_wait = st.sampled_from([0.0, 0.25, 1.0, 8.0, math.inf]) if dyadic else any_max_wait
     steps: list[Step] = []
     for _ in range(draw(st.integers(1, 25))):
-        op = draw(st.sampled_from(["acquire"] * 6 + ["peek", "observe"]))
+        op = draw(st.sampled_from(["acquire"] * 6 + ["peek", "observe", "batch"]))
         if op == "peek":
             steps.append(Peek(draw(dt)))
+        elif op == "batch":
+            calls = []
+            for _ in range(draw(st.integers(1, 6))):
+                cost = draw(st.integers(1, min(capacity, 12)))
+                calls.append((cost, draw(max_wait)))
+            steps.append(Batch(draw(dt), tuple(calls)))
         elif op == "observe":
             steps.append(Observe(draw(dt), draw(any_observation(dyadic=dyadic))))
         else:

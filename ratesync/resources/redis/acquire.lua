@@ -2,15 +2,15 @@
 --
 -- KEYS   one per limit, all under one hash tag.
 -- ARGV   [1] now ('' = server clock; tests only: a number, or '@' .. number, see clock())
---        [2] cost   [3] max_wait ('inf' allowed)   [4] mode: 'a' acquire, 'p' peek
+--        [2] cost   [3] max_wait ('inf' allowed)   [4] mode: 'a' acquire, 'p' peek, 'b' batch
 --        then per limit: kind ('t' token bucket, 's' sliding, 'f' fixed, 'q' quota), p1, p2
+--        batch: [2] is the number of calls k, and k pairs (cost, max_wait) follow the limits.
 -- Returns {allowed (1/0), wait, remaining, reset_after, limit}: whole numbers as integers, the
 -- others as strings (Redis truncates Lua numbers to integers); a reservation adds the server time
--- it was made at.
+-- it was made at. A batch returns {server time, then five fields per call}.
 
 local base, now = clock(ARGV[1])
-local cost = tonumber(ARGV[2])
-local max_wait = arg_float(ARGV[3])
+local mode = ARGV[4]
 local n = #KEYS
 local specs = {}
 local states = {}
@@ -21,8 +21,51 @@ for i = 1, n do
   states[i] = read_state(KEYS[i], spec, base, now)
 end
 
+-- Whole numbers go back as integer replies (exact, and no formatting); others as strings.
+local function out(x)
+  if x == floor(x) and x > -1e15 and x < 1e15 then
+    return x
+  end
+  return num(x)
+end
+
+local function write_all(new_states)
+  for i = 1, n do
+    if states[i] ~= nil or new_states[i] ~= nil then
+      write_state(KEYS[i], new_states[i], specs[i], now, base)
+    end
+  end
+end
+
+if mode == 'b' then
+  -- k calls of one process, in their order, at this one instant: exactly what k calls arriving
+  -- together would be told one after the other, for the cost of one round trip.
+  local reply = { num(base + now) }
+  local current = states
+  local charged = false
+  local j = 5 + 3 * n
+  for _ = 1, tonumber(ARGV[2]) do
+    local d, new_states = decide(current, now, tonumber(ARGV[j]), specs, arg_float(ARGV[j + 1]), base)
+    j = j + 2
+    if d[1] then
+      current = new_states
+      charged = true
+    end
+    local r = #reply
+    reply[r + 1] = d[1] and 1 or 0
+    reply[r + 2] = out(d[2])
+    reply[r + 3] = out(d[3])
+    reply[r + 4] = out(d[4])
+    reply[r + 5] = out(d[5])
+  end
+  if charged then
+    write_all(current)
+  end
+  return reply
+end
+
 local d
-if ARGV[4] == 'p' then
+if mode == 'p' then
   -- What a call of cost 1 would be told, charging nothing; remaining counts it unspent.
   d = decide(states, now, 1, specs, 0.0, base)
   if d[1] then
@@ -30,22 +73,10 @@ if ARGV[4] == 'p' then
   end
 else
   local new_states
-  d, new_states = decide(states, now, cost, specs, max_wait, base)
+  d, new_states = decide(states, now, tonumber(ARGV[2]), specs, arg_float(ARGV[3]), base)
   if d[1] then
-    for i = 1, n do
-      if states[i] ~= nil or new_states[i] ~= nil then
-        write_state(KEYS[i], new_states[i], specs[i], now, base)
-      end
-    end
+    write_all(new_states)
   end
-end
-
--- Whole numbers go back as integer replies (exact, and no formatting); others as strings.
-local function out(x)
-  if x == floor(x) and x > -1e15 and x < 1e15 then
-    return x
-  end
-  return num(x)
 end
 
 local allowed = 0
