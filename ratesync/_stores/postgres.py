@@ -571,10 +571,14 @@ class PostgresStore(Store):
             raise
 
     async def _run_on(self, pool: Any, sql: str, args: tuple[Any, ...], many: bool) -> Any:
-        async with pool.acquire(timeout=self.connect_timeout) as conn:
+        # No timeouts passed here: asyncpg applies one to acquire() through asyncio.wait_for, a
+        # task per call, which costs as much as a third of a call. Statements are bounded by the
+        # pool's command_timeout, connecting by connect_timeout, and so a wait for a connection by
+        # the statements ahead of it.
+        async with pool.acquire() as conn:
             if many:
-                return await conn.fetch(sql, *args, timeout=self.command_timeout)
-            return await conn.fetchrow(sql, *args, timeout=self.command_timeout)
+                return await conn.fetch(sql, *args)
+            return await conn.fetchrow(sql, *args)
 
     async def _fetch(self, sql: str, *args: Any) -> list[Any]:
         """Rows of ``sql`` through the running loop's pool (for tests and tools)."""
