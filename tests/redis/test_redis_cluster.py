@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -90,3 +91,10 @@ async def test_cluster_option_selects_the_cluster_client() -> None:
     finally:
         registry.close()
         await registry.aclose()
+
+
+async def test_batched_calls_on_the_cluster(store: RedisStore) -> None:
+    limiter = ratesync.Limiter("hot", store, [FixedWindow(limit=30, window_seconds=3600.0)])
+    attempts = await asyncio.gather(*(limiter.atry_acquire("k") for _ in range(80)))
+    assert sum(a.allowed for a in attempts) == 30
+    assert (await limiter.astate("k")).remaining == 0
