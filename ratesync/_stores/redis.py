@@ -193,7 +193,7 @@ class _Prepared:
         self.keys = keys
         self.args = args
         self.calls: dict[tuple[int, float, bytes], _Call] = {}
-        #: Set while an async call for these keys is in flight: later callers queue on it.
+        #: Where async callers queue while a call for these keys is in flight.
         self.batch: _Batch | None = None
 
     def call(self, connection: Any, sha: str, cost: int, max_wait: float, mode: bytes) -> _Call:
@@ -209,10 +209,12 @@ class _Prepared:
 class _Batch:
     """Async callers of one event loop queued behind a call in flight for the same keys."""
 
-    __slots__ = ("loop", "queue", "task")
+    __slots__ = ("busy", "loop", "queue", "task")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        #: A call (or a batch) for these keys is in flight on this loop.
+        self.busy = False
         self.queue: list[tuple[int, float, asyncio.Future[Decision]]] = []
         self.task: asyncio.Task[None] | None = None
 
@@ -697,24 +699,26 @@ class RedisStore(Store):
         prepared = self._prepare(slots)
         if not self.batch:
             return await self._aacquire_one(prepared, cost, max_wait)
-        batch = prepared.batch
         loop = asyncio.get_running_loop()
-        if batch is not None:
-            if batch.loop is loop:
-                # A call for these keys is in flight: queue for the next one, which decides every
-                # queued call in order (see _drain).
-                future: asyncio.Future[Decision] = loop.create_future()
-                batch.queue.append((cost, max_wait, future))
-                return await future
-            return await self._aacquire_one(prepared, cost, max_wait)
-        batch = prepared.batch = _Batch(loop)
+        batch = prepared.batch
+        if batch is None or batch.loop is not loop:
+            if batch is not None and batch.busy:  # in use by another thread's event loop
+                return await self._aacquire_one(prepared, cost, max_wait)
+            batch = prepared.batch = _Batch(loop)
+        if batch.busy:
+            # A call for these keys is in flight: queue for the next one, which decides every
+            # queued call in order (see _drain).
+            future: asyncio.Future[Decision] = loop.create_future()
+            batch.queue.append((cost, max_wait, future))
+            return await future
+        batch.busy = True
         try:
             return await self._aacquire_one(prepared, cost, max_wait)
         finally:
             if batch.queue:
                 batch.task = loop.create_task(self._drain(prepared, batch))
-            elif prepared.batch is batch:
-                prepared.batch = None
+            else:
+                batch.busy = False
 
     async def _aacquire_one(self, prepared: _Prepared, cost: int, max_wait: float) -> Decision:
         sent = time.monotonic()
@@ -741,14 +745,19 @@ class RedisStore(Store):
                         if not future.done():
                             future.set_exception(exc)
                     continue
+                except BaseException:
+                    for _, _, future in calls:  # this task was cancelled: so are its callers
+                        future.cancel()
+                    raise
                 for (_, _, future), decision in zip(calls, decisions, strict=True):
                     if not future.done():
                         future.set_result(decision)
         finally:
-            if prepared.batch is batch:
-                prepared.batch = None
+            batch.busy = False
+            batch.task = None
             for _, _, future in queue:  # only when this task itself is cancelled (loop shutdown)
                 future.cancel()
+            queue.clear()
 
     async def _abatch(
         self, prepared: _Prepared, calls: list[tuple[int, float, asyncio.Future[Decision]]]
