@@ -248,18 +248,17 @@ class PostgresStore(Store):
         self._errors: tuple[type[BaseException], ...] | None = None
         self._missing_schema_errors: tuple[type[BaseException], ...] | None = None
         t = f"{schema}.{table_prefix}"
-        self._sql_acquire = f"SELECT allowed, wait, remaining, reset_after, lim FROM {t}acquire($1, $2, $3, $4, $5, $6)"
-        self._sql_acquire_at = (
-            f"SELECT allowed, wait, remaining, reset_after, lim FROM {t}acquire($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-        )
+        # ``SELECT f(...)``, one composite value (read with fetchval), rather than
+        # ``SELECT * FROM f(...)``: no function scan materializing the row (measured: 10% of the
+        # server's time per call).
+        self._sql_acquire = f"SELECT {t}acquire($1, $2, $3, $4, $5, $6)"
+        self._sql_acquire_at = f"SELECT {t}acquire($1, $2, $3, $4, $5, $6, $7, $8, $9)"
         self._sql_batch = (
             f"SELECT allowed, wait, remaining, reset_after, lim FROM {t}acquire_batch($1, $2, $3, $4, $5, $6, $7, $8)"
         )
-        self._sql_peek = (
-            f"SELECT allowed, wait, remaining, reset_after, lim FROM {t}acquire($1, $2, $3, $4, 1, 0, true)"
-        )
+        self._sql_peek = f"SELECT {t}acquire($1, $2, $3, $4, 1, 0, true)"
         self._sql_observe = f"SELECT {t}observe($1, $2, $3, $4, $5, $6, $7, $8)"
-        self._sql_lease = f"SELECT acquired, active, retry_after FROM {t}lease_acquire($1, $2, $3, $4, $5, $6)"
+        self._sql_lease = f"SELECT {t}lease_acquire($1, $2, $3, $4, $5, $6)"
         self._sql_release = f"DELETE FROM {t}leases WHERE key = $1 AND lease_id = $2"
         self._sql_reset = f"SELECT {t}reset($1)"
         _stores.add(self)
@@ -550,7 +549,7 @@ class PostgresStore(Store):
 
     # -- running statements --------------------------------------------------------------------
 
-    async def _fetchrow(self, sql: str, *args: Any) -> Any:
+    async def _fetchval(self, sql: str, *args: Any) -> Any:
         return await self._statement(sql, args, many=False)
 
     async def _statement(self, sql: str, args: tuple[Any, ...], *, many: bool, pool: Any = None) -> Any:
@@ -578,7 +577,7 @@ class PostgresStore(Store):
         async with pool.acquire() as conn:
             if many:
                 return await conn.fetch(sql, *args)
-            return await conn.fetchrow(sql, *args)
+            return await conn.fetchval(sql, *args)
 
     async def _fetch(self, sql: str, *args: Any) -> list[Any]:
         """Rows of ``sql`` through the running loop's pool (for tests and tools)."""
@@ -600,10 +599,10 @@ class PostgresStore(Store):
     ) -> Decision:
         keys, kinds, a, b = _encode_slots(slots)
         if now is not None or base is not None:
-            row = await self._fetchrow(self._sql_acquire_at, keys, kinds, a, b, cost, float(max_wait), False, now, base)
+            row = await self._fetchval(self._sql_acquire_at, keys, kinds, a, b, cost, float(max_wait), False, now, base)
             return Decision(row[0], row[1], row[2], row[3], row[4])
         if not self.batch:
-            row = await self._fetchrow(self._sql_acquire, keys, kinds, a, b, cost, float(max_wait))
+            row = await self._fetchval(self._sql_acquire, keys, kinds, a, b, cost, float(max_wait))
             return Decision(row[0], row[1], row[2], row[3], row[4])
         # Natural batching: while a statement for these slots is under way on this loop, calls for
         # the same slots wait for it and then go together in ONE statement (acquire_batch), decided
@@ -647,7 +646,7 @@ class PostgresStore(Store):
         try:
             if len(waiting) == 1:
                 cost, max_wait, _ = waiting[0]
-                rows = [await self._fetchrow(self._sql_acquire, keys, kinds, a, b, cost, max_wait)]
+                rows = [await self._fetchval(self._sql_acquire, keys, kinds, a, b, cost, max_wait)]
             else:
                 costs = [item[0] for item in waiting]
                 max_waits = [item[1] for item in waiting]
@@ -675,15 +674,15 @@ class PostgresStore(Store):
     ) -> Decision:
         keys, kinds, a, b = _encode_slots(slots)
         if now is None and base is None:
-            row = await self._fetchrow(self._sql_peek, keys, kinds, a, b)
+            row = await self._fetchval(self._sql_peek, keys, kinds, a, b)
         else:
-            row = await self._fetchrow(self._sql_acquire_at, keys, kinds, a, b, 1, 0.0, True, now, base)
+            row = await self._fetchval(self._sql_acquire_at, keys, kinds, a, b, 1, 0.0, True, now, base)
         return Decision(row[0], row[1], row[2], row[3], row[4])
 
     async def _run_observe(
         self, key: str, spec: Quota, obs: Observation, *, now: float | None = None, base: float | None = None
     ) -> None:
-        await self._fetchrow(
+        await self._fetchval(
             self._sql_observe,
             key,
             float(spec.max_cooldown),
@@ -705,15 +704,15 @@ class PostgresStore(Store):
         now: float | None = None,
         base: float | None = None,
     ) -> LeaseDecision:
-        row = await self._fetchrow(self._sql_lease, key, limit, float(lease_seconds), lease_id, now, base)
+        row = await self._fetchval(self._sql_lease, key, limit, float(lease_seconds), lease_id, now, base)
         retry_after = row[2] if row[2] is not None else math.inf
         return LeaseDecision(row[0], row[1], retry_after)
 
     async def _run_lease_release(self, key: str, lease_id: str) -> None:
-        await self._fetchrow(self._sql_release, key, lease_id)
+        await self._fetchval(self._sql_release, key, lease_id)
 
     async def _run_reset(self, keys: Sequence[str]) -> None:
-        await self._fetchrow(self._sql_reset, list(keys))
+        await self._fetchval(self._sql_reset, list(keys))
 
     # -- the Store protocol ----------------------------------------------------------------------
 
