@@ -2,11 +2,18 @@
 
 The scripts (``ratesync/resources/redis/*.lua``) are ports of the pure functions in
 ``ratesync._algorithms`` and read the server's clock (``TIME``), so clients on machines whose
-clocks disagree still share one timeline. They are run by hash through redis-py's script objects,
-which load them again after a ``NOSCRIPT`` (a restarted or failed-over server).
+clocks disagree still share one timeline. redis-py's script objects own them: their hash, and
+loading them again after a ``NOSCRIPT`` (a restarted, flushed or failed-over server).
 
 Keys are ``<key_prefix><key>``: the prefix goes before the caller's ``{hash tag}``, so every key of
 one call stays in one Redis Cluster slot (``ratesync:{api:42}#0``, ``ratesync:{api:42}#lease``).
+
+The client side is kept lean, since an acquire should cost about what a bare round trip costs: the
+keys and arguments of a slot tuple are prepared once and the command packed once per (cost,
+max_wait); off a cluster the acquire goes straight to a pooled connection of the store's own pools
+(:class:`_Pool`, :class:`_AsyncPool`: redis-py's pools with a lean checkout); async callers of one
+key queue behind the call in flight and are decided by one batch call (:meth:`RedisStore._drain`);
+and a reservation's wait is counted from the server's decision (:class:`_ServerClock`).
 """
 
 from __future__ import annotations
@@ -453,7 +460,8 @@ class RedisStore(Store):
         for option, value in (("socket_timeout", socket_timeout), ("connect_timeout", connect_timeout)):
             if not (value > 0 and math.isfinite(value)):
                 raise ConfigurationError(f"{option} must be a positive number of seconds, got {value!r}", key=option)
-        self.url = url
+        #: The URL with any password hidden (the store keeps the real one to itself).
+        self.url = safe
         self.cluster = bool(cluster)
         self.key_prefix = key_prefix
         self.pool_size = pool_size
@@ -461,14 +469,13 @@ class RedisStore(Store):
         self.connect_timeout = float(connect_timeout)
         self.batch = bool(batch)
         self._client_url = url.replace("+cluster", "", 1) if url_cluster else url
-        self._safe_url = safe
         self._lock = threading.Lock()
         self._sync_side: _Side | None = None
         # One async client per event loop (redis.asyncio connections belong to the loop that made them).
         self._async_sides: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Side] = weakref.WeakKeyDictionary()
         self._last_async: _Side | None = None
-        # id(slot tuple) -> (slot tuple, prefixed keys, spec ARGV). The tuple is kept alive by the
-        # entry, so its id cannot be reused while cached.
+        # id(slot tuple) -> its _Prepared, which keeps the tuple alive: the id cannot be reused by
+        # another tuple while cached.
         self._prepared: dict[int, _Prepared] = {}
         self._server_clock = _ServerClock()
 
@@ -493,7 +500,7 @@ class RedisStore(Store):
 
     def describe(self) -> str:
         kind = "redis cluster" if self.cluster else "redis"
-        return f"{kind} {self._safe_url} prefix {self.key_prefix!r}"
+        return f"{kind} {self.url} prefix {self.key_prefix!r}"
 
     # -- clients -----------------------------------------------------------------------------
 

@@ -166,7 +166,7 @@ async def test_passwords_never_show(caplog: pytest.LogCaptureFixture) -> None:
             try:
                 assert store.acquire([("{pw}#0", TokenBucket(1.0, 5))]).allowed
                 assert await store.aacquire([("{pw}#0", TokenBucket(1.0, 5))])
-                for text in (repr(store), store.describe(), str(store)):
+                for text in (repr(store), store.describe(), str(store), store.url):
                     assert PASSWORD not in text and "***" in text
             finally:
                 store.close()
