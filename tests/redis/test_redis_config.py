@@ -209,3 +209,75 @@ def test_default_server_round_trip() -> None:
         store.reset(["{x}#0"])
     finally:
         store.close()
+
+
+def _certificates(folder: str) -> tuple[str, str, str]:
+    """A throwaway CA and a server certificate for 127.0.0.1 (EC keys: fast to make)."""
+    import subprocess
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True, timeout=30)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=rs-test-ca")
+    run("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    with open(os.path.join(folder, "ext.cnf"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1\n")
+    run(
+        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "server.pem", "-days", "1", "-extfile", "ext.cnf",
+    )  # fmt: skip
+    return (os.path.join(folder, n) for n in ("ca.pem", "server.pem", "server.key"))  # type: ignore[return-value]
+
+
+async def test_tls(tmp_path: Any) -> None:
+    require_binaries()
+    import shutil
+
+    from stores.backend_redis import spare_port
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    ca, cert, key = _certificates(str(tmp_path))
+    tls_port = spare_port()
+    args = ["--tls-port", str(tls_port), "--tls-cert-file", cert, "--tls-key-file", key]
+    args += ["--tls-ca-cert-file", ca, "--tls-auth-clients", "no"]
+    with RedisServer(args=args):
+        url = f"rediss://127.0.0.1:{tls_port}/0?ssl_cert_reqs=required&ssl_ca_certs={ca}"
+        store = RedisStore(url, key_prefix="rs-tls:")
+        try:
+            slots = [("{tls}#0", TokenBucket(1.0, 2))]
+            assert store.acquire(slots).remaining == 1
+            assert (await store.aacquire(slots)).remaining == 0
+            assert store.describe().startswith("redis rediss://127.0.0.1")
+        finally:
+            store.close()
+            await store.aclose()
+        # A server whose certificate does not check out is a failure, not a silent plaintext.
+        untrusted = RedisStore(f"rediss://127.0.0.1:{tls_port}/0?ssl_cert_reqs=required", key_prefix="rs-tls:")
+        try:
+            with pytest.raises(StoreError):
+                untrusted.acquire([("{tls}#0", TokenBucket(1.0, 2))])
+        finally:
+            untrusted.close()
+
+
+async def test_initialize_follows_the_policy() -> None:
+    require_binaries()
+    dead = RedisServer()  # never started
+    closed = RedisStore(dead.url, on_error="closed")
+    opened = RedisStore(dead.url, on_error="open")
+    async_closed = RedisStore(dead.url, retry_interval=0.0)
+    try:
+        with pytest.raises(StoreError):
+            closed.initialize()
+        opened.initialize()  # no exception: the store is marked down, calls answer by the policy
+        assert not opened.healthy
+        assert opened.acquire([("{x}#0", TokenBucket(1.0, 1))]).degraded
+        with pytest.raises(StoreError):
+            await async_closed.ainitialize()
+    finally:
+        closed.close()
+        opened.close()
+        await async_closed.aclose()
+        dead.remove()
