@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from stores.backend_redis import RedisServer, require_binaries
 
-from ratesync import SlidingWindow, StoreError, TokenBucket
+from ratesync import FixedWindow, SlidingWindow, StoreError, TokenBucket
 
 pytestmark = pytest.mark.redis
 
@@ -151,3 +151,26 @@ def test_a_forked_child_opens_its_own_connections(server: RedisServer) -> None:
         assert store.errors == 0
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("batch", [False, True])
+async def test_cancelled_calls_leave_no_reply_behind(server: RedisServer, batch: bool) -> None:
+    # A call cancelled between its request and its reply must not leave that reply on a pooled
+    # connection, where the next call would read it as its own.
+    store = RedisStore(server.url, pool_size=2, batch=batch)
+    a = (("{a}#0", FixedWindow(limit=10, window_seconds=3600.0)),)
+    b = (("{b}#0", FixedWindow(limit=1000, window_seconds=3600.0)),)
+    try:
+        for delay in (0, 0, 0, 1, 1, 2, 2, 3, 4, 5) * 3:
+            tasks = [asyncio.ensure_future(store.aacquire(a)) for _ in range(3)]
+            for _ in range(delay):
+                await asyncio.sleep(0)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            b_state, a_state = await asyncio.gather(store.apeek(b), store.apeek(a))
+            assert (b_state.limit, b_state.remaining) == (1000, 1000)
+            assert a_state.limit == 10
+        assert store.errors == 0
+    finally:
+        await store.aclose()
