@@ -1,6 +1,6 @@
 """PostgreSQL store: acquires per second on one key against asyncpg ``SELECT 1``, measured in one run.
 
-    python bench/bench_postgres.py [--url postgresql://root@127.0.0.1:5432/test] [--seconds 2] [--rounds 3]
+    python bench/bench_postgres.py [--url postgresql://root@127.0.0.1:5432/test] [--seconds 0.5] [--rounds 7]
                                    [--no-batch] [--quick]
 
 For each durability setting (logged or UNLOGGED tables; synchronous_commit on or off) the store's
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -49,6 +50,15 @@ async def rate(op: Callable[[], Awaitable[Any]], tasks: int, seconds: float) -> 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(tasks)))
     return count / (time.perf_counter() - start)
+
+
+def medians(pairs: list[tuple[float, float]]) -> tuple[float, float, float]:
+    """Median baseline rate, median store rate and median ratio of (baseline, store) pairs."""
+    return (
+        statistics.median(b for b, _ in pairs),
+        statistics.median(m for _, m in pairs),
+        statistics.median(m / b for b, m in pairs),
+    )
 
 
 def sync_rate(op: Callable[[], Any], seconds: float) -> float:
@@ -95,19 +105,19 @@ async def bench_setting(
         # Warm up: connections made, statements prepared, the row exists.
         await rate(select_one, 50, 0.3)
         await rate(acquire, 50, 0.3)
-        # Baseline and store alternate, ``rounds`` times, and each keeps its best: a load spike
-        # from elsewhere on the machine then hurts neither side more than the other.
+        # Baseline and store alternate in short pairs, ``rounds`` times; each pair gives a ratio
+        # and the table shows the medians: a load spike from elsewhere on the machine then skews
+        # one pair, not the result.
         for tasks in (1, 50):
-            base = mine = 0.0
+            pairs = []
             for _ in range(rounds):
-                base = max(base, await rate(select_one, tasks, seconds))
-                mine = max(mine, await rate(acquire, tasks, seconds))
-            rows.append((label, f"async, {tasks} task{'s' if tasks > 1 else ''}", base, mine))
-        sync_base = sync_mine = 0.0
+                pairs.append((await rate(select_one, tasks, seconds), await rate(acquire, tasks, seconds)))
+            rows.append((label, f"async, {tasks} task{'s' if tasks > 1 else ''}", *medians(pairs)))
+        pairs = []
         for _ in range(rounds):
-            sync_base = max(sync_base, await asyncio.to_thread(sync_rate, lambda: store._sync(select_one), seconds))
-            sync_mine = max(sync_mine, await asyncio.to_thread(sync_rate, lambda: store.acquire(slots), seconds))
-        rows.append((label, "sync (portal), 1 thread", sync_base, sync_mine))
+            base = await asyncio.to_thread(sync_rate, lambda: store._sync(select_one), seconds)
+            pairs.append((base, await asyncio.to_thread(sync_rate, lambda: store.acquire(slots), seconds)))
+        rows.append((label, "sync (portal), 1 thread", *medians(pairs)))
     finally:
         conn = await pool.acquire()
         try:
@@ -122,14 +132,14 @@ async def bench_setting(
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default=os.environ.get("RATESYNC_PG_URL", "postgresql://root@127.0.0.1:5432/test"))
-    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--seconds", type=float, default=0.5, help="length of one measurement")
     parser.add_argument("--pool-size", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating measurements per cell; the best counts")
+    parser.add_argument("--rounds", type=int, default=7, help="alternating (baseline, store) pairs per cell")
     parser.add_argument("--no-batch", action="store_true", help="every call its own statement (batch = false)")
-    parser.add_argument("--quick", action="store_true", help="0.5 s per measurement, 2 rounds")
+    parser.add_argument("--quick", action="store_true", help="0.3 s per measurement, 3 rounds")
     args = parser.parse_args()
-    seconds = 0.5 if args.quick else args.seconds
-    rounds = 2 if args.quick else args.rounds
+    seconds = 0.3 if args.quick else args.seconds
+    rounds = 3 if args.quick else args.rounds
     rows = []
     for label, unlogged, sync_commit in SETTINGS:
         rows.extend(
@@ -138,14 +148,14 @@ async def main() -> None:
             )
         )
     print(
-        f"pool_size={args.pool_size}, batch={not args.no_batch}, best of {rounds} x {seconds:.1f} s, "
+        f"pool_size={args.pool_size}, batch={not args.no_batch}, medians of {rounds} pairs of {seconds:.1f} s, "
         "one key (every call admitted and written)"
     )
     print()
     print(f"| {'setting':<26} | {'mode':<24} | {'SELECT 1 /s':>11} | {'acquire /s':>10} | {'ratio':>5} |")
     print(f"|{'-' * 28}|{'-' * 26}|{'-' * 13}|{'-' * 12}|{'-' * 7}|")
-    for label, mode, base, mine in rows:
-        print(f"| {label:<26} | {mode:<24} | {base:>11,.0f} | {mine:>10,.0f} | {mine / base:>5.2f} |")
+    for label, mode, base, mine, ratio in rows:
+        print(f"| {label:<26} | {mode:<24} | {base:>11,.0f} | {mine:>10,.0f} | {ratio:>5.2f} |")
 
 
 if __name__ == "__main__":
