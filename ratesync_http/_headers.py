@@ -25,12 +25,12 @@ import logging
 import math
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
-from typing import Final
+from typing import Final, NamedTuple
 
 import http_sf
 
@@ -78,6 +78,39 @@ _SHOPIFY_RE: Final = re.compile(r"([0-9]+)[ \t]*/[ \t]*([0-9]+)")
 _X_PREFIXES: Final = ("x-ratelimit-", "x-rate-limit-")
 _OPENAI_KINDS: Final = ("requests", "tokens")
 _ANTHROPIC_KINDS: Final = ("requests", "tokens", "input-tokens", "output-tokens")
+
+# The (lower-case) names each family reads, as tuples of aliases, built once: a response is
+# scanned once, keeping only these, and a family none of whose names came is not even called.
+_RETRY_AFTER: Final = "retry-after"
+_RATELIMIT: Final = "ratelimit"
+_RATELIMIT_POLICY: Final = "ratelimit-policy"
+_RATELIMIT_LIMIT: Final = ("ratelimit-limit",)
+_RATELIMIT_REMAINING: Final = ("ratelimit-remaining",)
+_RATELIMIT_RESET: Final = ("ratelimit-reset",)
+_OPENAI_GROUPS: Final = tuple(
+    ((f"x-ratelimit-limit-{kind}",), (f"x-ratelimit-remaining-{kind}",), (f"x-ratelimit-reset-{kind}",))
+    for kind in _OPENAI_KINDS
+)
+_ANTHROPIC_GROUPS: Final = tuple(
+    tuple((f"anthropic-ratelimit-{kind}-{field}",) for field in ("limit", "remaining", "reset"))
+    for kind in _ANTHROPIC_KINDS
+)
+_SHOPIFY: Final = ("x-shopify-shop-api-call-limit",)
+_X_LIMIT: Final = tuple(prefix + "limit" for prefix in _X_PREFIXES)
+_X_REMAINING: Final = tuple(prefix + "remaining" for prefix in _X_PREFIXES)
+_X_USED: Final = tuple(prefix + "used" for prefix in _X_PREFIXES)
+_X_RESET_AFTER: Final = tuple(prefix + "reset-after" for prefix in _X_PREFIXES)
+_X_RESET: Final = tuple(prefix + "reset" for prefix in _X_PREFIXES)
+
+_IETF_STRUCTURED_NAMES: Final = frozenset({_RATELIMIT, _RATELIMIT_POLICY})
+_IETF_NAMES: Final = _IETF_STRUCTURED_NAMES | {*_RATELIMIT_LIMIT, *_RATELIMIT_REMAINING, *_RATELIMIT_RESET}
+_OPENAI_NAMES: Final = frozenset(name for group in _OPENAI_GROUPS for (name,) in group)
+_ANTHROPIC_NAMES: Final = frozenset(name for group in _ANTHROPIC_GROUPS for (name,) in group)
+_SHOPIFY_NAMES: Final = frozenset(_SHOPIFY)
+_X_NAMES: Final = frozenset(_X_LIMIT + _X_REMAINING + _X_USED + _X_RESET_AFTER + _X_RESET)
+_KNOWN_NAMES: Final = frozenset(
+    {_RETRY_AFTER} | _IETF_NAMES | _OPENAI_NAMES | _ANTHROPIC_NAMES | _SHOPIFY_NAMES | _X_NAMES
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,8 +175,8 @@ def parse_rate_limit_headers(headers: HeadersLike, *, status: int = 200, now: fl
 # Assembly
 
 
-@dataclass(frozen=True, slots=True)
-class _Quota:
+class _Quota(NamedTuple):
+    # A NamedTuple, not a dataclass: several are built per response, and a tuple is cheaper.
     limit: float | None = None
     remaining: float | None = None
     reset_after: float | None = None
@@ -159,36 +192,40 @@ class _Quota:
         )
 
 
+_NOTHING: Final = RateLimitInfo()
+_REFUSED: Final = RateLimitInfo(blocked=True)
+
+
 def _parse(headers: HeadersLike, status: int, now: float) -> RateLimitInfo:
-    fields = _Fields.collect(headers)
-    retry_after = _retry_after(fields, now)
+    lines = _collect(headers)
+    if not lines:
+        # Most responses of most APIs: nothing to read (a 429 is still a refusal).
+        return _REFUSED if status == _TOO_MANY_REQUESTS else _NOTHING
+    fields = _Fields(lines)
+    retry_after = _retry_after(fields, now) if _RETRY_AFTER in lines else None
 
     quota: _Quota | None = None
     source: str | None = None
-    for name, family in (
-        ("ietf-structured", _ietf_structured),
-        ("ietf", _ietf_older),
-        ("openai", _openai),
-        ("anthropic", _anthropic),
-        ("shopify", _shopify),
-        ("x-ratelimit", _x_ratelimit),
-    ):
+    for name, family, names in _FAMILIES:
+        if names.isdisjoint(lines):
+            continue  # none of its headers came: it would yield nothing
         candidate = family(fields, now)
         if candidate is not None and candidate.known:
             quota, source = candidate, name
             break
     if quota is None:
-        quota = _Quota()
+        quota = _NO_QUOTA
         if retry_after is not None:
             source = "retry-after"
 
-    limit, remaining = quota.limit, quota.remaining
+    limit, remaining, reset_after, window = quota
     if limit is not None and remaining is not None and limit < remaining:
-        _log.debug("ignoring limit %r: lower than remaining %r (source %s)", limit, remaining, source)
+        if _log.isEnabledFor(logging.DEBUG):
+            _log.debug("ignoring limit %r: lower than remaining %r (source %s)", limit, remaining, source)
         limit = None
 
     blocked = (
-        (remaining is not None and remaining < 1 and quota.reset_after is not None and quota.reset_after > 0)
+        (remaining is not None and remaining < 1 and reset_after is not None and reset_after > 0)
         or (retry_after is not None and retry_after > 0 and status in RETRY_AFTER_STATUSES)
         # A 429 without a Retry-After is a refusal however much quota the headers claim; the
         # caller applies reset_after or its own default backoff.
@@ -197,12 +234,15 @@ def _parse(headers: HeadersLike, status: int, now: float) -> RateLimitInfo:
     return RateLimitInfo(
         limit=limit,
         remaining=remaining,
-        reset_after=quota.reset_after,
+        reset_after=reset_after,
         retry_after=retry_after,
-        window=quota.window,
+        window=window,
         blocked=blocked,
         source=source,
     )
+
+
+_NO_QUOTA: Final = _Quota()
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,6 +250,8 @@ def _parse(headers: HeadersLike, status: int, now: float) -> RateLimitInfo:
 
 
 def _ignore(name: str, value: object, why: str = "malformed") -> None:
+    if not _log.isEnabledFor(logging.DEBUG):
+        return
     text = value if isinstance(value, str) else repr(value)
     if len(text) > _LOG_VALUE_MAX:
         text = text[:_LOG_VALUE_MAX] + "..."
@@ -224,8 +266,52 @@ def _as_text(value: object) -> str | None:
     return None
 
 
+def _collect(headers: object) -> dict[str, list[str]]:
+    """The values of the header names some family reads, by lower-cased name, in arrival order.
+
+    One pass; every other header is looked at only long enough to tell it is not one of them.
+    """
+    lines: dict[str, list[str]] = {}
+    if headers is None:
+        return lines
+    pairs: object
+    if type(headers) is dict:
+        pairs = headers.items()
+    else:
+        multi_items = getattr(headers, "multi_items", None)
+        if callable(multi_items):
+            pairs = multi_items()
+        else:
+            items = getattr(headers, "items", None)
+            pairs = items() if callable(items) else headers
+    if not isinstance(pairs, Iterable) or isinstance(pairs, (str, bytes, bytearray)):
+        _ignore("(all)", pairs, "non-iterable")
+        return lines
+    known = _KNOWN_NAMES
+    for pair in pairs:
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            _ignore("(pair)", pair, "non-pair")
+            continue
+        name, value = pair
+        if not isinstance(name, str):
+            name = _as_text(name)
+        if not isinstance(value, str):
+            value = _as_text(value)
+        if name is None or value is None:
+            _ignore("(pair)", pair, "non-text")
+            continue
+        key = name.strip(_OWS).lower()
+        if key in known:
+            values = lines.get(key)
+            if values is None:
+                lines[key] = [value.strip(_OWS)]
+            else:
+                values.append(value.strip(_OWS))
+    return lines
+
+
 class _Fields:
-    """Header lines by lower-cased name, in arrival order."""
+    """The rate-limit header lines of one response, by lower-cased name, in arrival order."""
 
     __slots__ = ("_lines", "_policies", "_ratelimit")
 
@@ -246,47 +332,38 @@ class _Fields:
             self._policies = _parse_policies(self)
         return self._policies
 
-    @classmethod
-    def collect(cls, headers: object) -> _Fields:
-        lines: dict[str, list[str]] = {}
-        if headers is None:
-            return cls(lines)
-        pairs: object
-        multi_items = getattr(headers, "multi_items", None)
-        items = getattr(headers, "items", None)
-        if callable(multi_items):
-            pairs = multi_items()
-        elif callable(items):
-            pairs = items()
-        else:
-            pairs = headers
-        if not isinstance(pairs, Iterable) or isinstance(pairs, (str, bytes, bytearray)):
-            _ignore("(all)", pairs, "non-iterable")
-            return cls(lines)
-        for pair in pairs:
-            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-                _ignore("(pair)", pair, "non-pair")
-                continue
-            name, value = _as_text(pair[0]), _as_text(pair[1])
-            if name is None or value is None:
-                _ignore("(pair)", pair, "non-text")
-                continue
-            lines.setdefault(name.strip(_OWS).lower(), []).append(value.strip(_OWS))
-        return cls(lines)
+    def values(self, name: str) -> list[str] | None:
+        """The lines of one name, or None."""
+        return self._lines.get(name)
 
-    def lines(self, *names: str) -> list[tuple[str, str]]:
+    def lines(self, names: tuple[str, ...]) -> list[tuple[str, str]]:
         """All (name, value) lines for the aliases ``names``."""
-        return [(name, value) for name in names for value in self._lines.get(name, ())]
+        found = self._lines
+        return [(name, value) for name in names for value in found.get(name, ())]
 
-    def single(self, *names: str) -> tuple[str, str] | None:
+    def single(self, names: tuple[str, ...]) -> tuple[str, str] | None:
         """The one value of a single-valued field (aliases merged), or None.
 
         Repeats that agree are fine, also when joined with commas ("60, 60", as
         ``requests`` does); values that disagree make the field ambiguous: ignored.
         """
-        lines = self.lines(*names)
-        if not lines:
+        found = self._lines
+        hit: tuple[str, list[str]] | None = None
+        for name in names:
+            values = found.get(name)
+            if values is not None:
+                if hit is not None:
+                    return self._merged(names)  # several aliases came
+                hit = (name, values)
+        if hit is None:
             return None
+        name, values = hit
+        if len(values) == 1 and "," not in values[0]:
+            return name, values[0]  # the usual case: one line, one value (already stripped)
+        return self._merged(names)
+
+    def _merged(self, names: tuple[str, ...]) -> tuple[str, str] | None:
+        lines = self.lines(names)
         parts = {part.strip(_OWS) for _, value in lines for part in value.split(",")}
         name = lines[0][0]
         if len(parts) != 1:
@@ -296,8 +373,12 @@ class _Fields:
 
     def joined(self, name: str) -> str | None:
         """A list-valued field: distinct lines joined with ", " (RFC 9651 section 3.1)."""
-        values = list(dict.fromkeys(value for _, value in self.lines(name)))
-        return ", ".join(values) if values else None
+        values = self._lines.get(name)
+        if values is None:
+            return None
+        if len(values) == 1:
+            return values[0]
+        return ", ".join(dict.fromkeys(values))
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,10 +386,10 @@ class _Fields:
 
 
 def _sane(name: str, raw: object, value: float) -> float | None:
-    if not math.isfinite(value) or value < 0 or value > MAX_SANE_VALUE:
-        _ignore(name, raw, "out-of-range")
-        return None
-    return value
+    if 0.0 <= value <= MAX_SANE_VALUE:  # False for NaN too
+        return value
+    _ignore(name, raw, "out-of-range")
+    return None
 
 
 def _number(field: tuple[str, str] | None) -> float | None:
@@ -405,31 +486,99 @@ def _duration(field: tuple[str, str] | None) -> float | None:
 
 def _retry_after(fields: _Fields, now: float) -> float | None:
     """Retry-After: delay seconds (integer or decimal) or an HTTP date, measured from now."""
-    lines = fields.lines("retry-after")
+    lines = fields.values(_RETRY_AFTER)
     if not lines:
         return None
-    values = {value for _, value in lines}
+    values = set(lines)
     if len(values) != 1:
-        _ignore("retry-after", ", ".join(value for _, value in lines), "conflicting repeated")
+        _ignore(_RETRY_AFTER, ", ".join(lines), "conflicting repeated")
         return None
     raw = values.pop()
     if _NUMBER_RE.fullmatch(raw):
-        return _sane("retry-after", raw, float(raw))
-    seconds = _http_date("retry-after", raw, now)
+        return _sane(_RETRY_AFTER, raw, float(raw))
+    seconds = _http_date(_RETRY_AFTER, raw, now)
     if seconds is not None:
         return seconds
     if "," in raw:  # "30, 30": a repeated header joined by the client library
-        return _number(fields.single("retry-after"))
-    _ignore("retry-after", raw)
+        return _number(fields.single((_RETRY_AFTER,)))
+    _ignore(_RETRY_AFTER, raw)
     return None
 
 
 # --------------------------------------------------------------------------------------------
-# Structured fields (RFC 9651) through http_sf
+# Structured fields (RFC 9651): the common shapes here, everything else through http_sf
+
+# The shapes rate-limit fields take in practice, a strict subset of RFC 9651 Lists and
+# Dictionaries: members whose values are Tokens, Integers or Strings of plain characters (no
+# comma, semicolon, quote or backslash), with parameters of the same kinds. The grammar is
+# unambiguous and a match is decoded exactly as http_sf would decode it (a differential test
+# checks that); anything else, duplicates included, goes to http_sf.
+_SF_BARE = r"""(?:[A-Za-z*][A-Za-z0-9:/!#$%&'*+\-.^_`|~]*|-?[0-9]{1,15}|"[ !#-+\--:<-\[\]-~]*")"""
+_SF_KEY = r"[a-z*][a-z0-9_\-.*]*"
+_SF_PARAMS = rf"(?:; *{_SF_KEY}(?:={_SF_BARE})?)*"
+_SF_LIST_RE: Final = re.compile(rf" *{_SF_BARE}{_SF_PARAMS}(?:[ \t]*,[ \t]*{_SF_BARE}{_SF_PARAMS})*[ \t]*")
+_SF_DICT_RE: Final = re.compile(
+    rf" *{_SF_KEY}={_SF_BARE}{_SF_PARAMS}(?:[ \t]*,[ \t]*{_SF_KEY}={_SF_BARE}{_SF_PARAMS})*[ \t]*"
+)
+_SF_OWS: Final = " \t"
+# A list that http_sf would reject (a dictionary is never a valid list): no need to ask it.
+_SF_INVALID: Final = object()
+
+
+def _sf_bare(text: str) -> object:
+    first = text[0]
+    if first == '"':
+        return text[1:-1]
+    if first == "-" or first.isdigit():
+        return int(text)
+    return http_sf.Token(text)
+
+
+def _sf_item(text: str) -> tuple[object, dict[str, object]] | None:
+    """``value;key=value;key``: None on a repeated parameter (http_sf reports it)."""
+    parts = text.split(";")
+    params: dict[str, object] = {}
+    for part in parts[1:]:
+        key, eq, value = part.lstrip(" ").partition("=")
+        if key in params:
+            return None
+        params[key] = _sf_bare(value) if eq else True
+    return _sf_bare(parts[0]), params
+
+
+def _sf_fast(raw: str, tltype: str) -> object | None:
+    """``raw`` parsed as a List or Dictionary when it has a common shape; None otherwise."""
+    if tltype == "list":
+        if _SF_LIST_RE.fullmatch(raw) is None:
+            return _SF_INVALID if _SF_DICT_RE.fullmatch(raw) is not None else None
+        members: list[tuple[object, dict[str, object]]] = []
+        for text in raw.split(","):
+            member = _sf_item(text.strip(_SF_OWS))
+            if member is None:
+                return None
+            members.append(member)
+        return members
+    if _SF_DICT_RE.fullmatch(raw) is None:
+        return None
+    dictionary: dict[str, tuple[object, dict[str, object]]] = {}
+    for text in raw.split(","):
+        key, _, rest = text.strip(_SF_OWS).partition("=")
+        member = _sf_item(rest)
+        if member is None or key in dictionary:
+            return None
+        dictionary[key] = member
+    return dictionary
 
 
 def _sf_parse(name: str, raw: str, tltype: str, *, quiet: bool = False) -> object | None:
     """Parse a structured field; None (logged unless ``quiet``) when malformed or ambiguous."""
+    fast = _sf_fast(raw, tltype)
+    if fast is _SF_INVALID:
+        if not quiet:
+            _ignore(name, raw)
+        return None
+    if fast is not None:
+        return fast
     try:
         data = raw.encode("ascii")
     except UnicodeEncodeError:
@@ -513,21 +662,21 @@ class _RateLimitField:
         self.named: list[tuple[object, dict[str, object]]] = []
         #: draft-07 dictionary: limit/remaining/reset
         self.dictionary: dict[str, object] = {}
-        raw = fields.joined("ratelimit")
+        raw = fields.joined(_RATELIMIT)
         if raw is None:
             return
-        as_list = _sf_parse("ratelimit", raw, "list", quiet=True)
+        as_list = _sf_parse(_RATELIMIT, raw, "list", quiet=True)
         members = _sf_members(as_list)
         if members and all(_policy_name(value) is not None for value, _ in members):
             self.named = members
             return
-        as_dict = _sf_parse("ratelimit", raw, "dictionary")
+        as_dict = _sf_parse(_RATELIMIT, raw, "dictionary")
         if isinstance(as_dict, dict) and as_dict:
             for key, member in as_dict.items():
                 if isinstance(member, tuple) and len(member) == 2:
                     self.dictionary[key] = member[0]
         elif as_dict is not None:
-            _ignore("ratelimit", raw)
+            _ignore(_RATELIMIT, raw)
 
 
 _Policies = tuple[list[tuple[str, dict[str, object]]], list[tuple[object, dict[str, object]]]]
@@ -537,17 +686,17 @@ def _parse_policies(fields: _Fields) -> _Policies:
     """RateLimit-Policy members split into (named -08+ policies, numeric older policies)."""
     named: list[tuple[str, dict[str, object]]] = []
     numeric: list[tuple[object, dict[str, object]]] = []
-    raw = fields.joined("ratelimit-policy")
+    raw = fields.joined(_RATELIMIT_POLICY)
     if raw is None:
         return named, numeric
-    for value, params in _sf_members(_sf_parse("ratelimit-policy", raw, "list")):
+    for value, params in _sf_members(_sf_parse(_RATELIMIT_POLICY, raw, "list")):
         name = _policy_name(value)
         if name is not None:
             named.append((name, params))
         elif _is_numeric(value):
             numeric.append((value, params))
         else:
-            _ignore("ratelimit-policy", value, "unrecognised member")
+            _ignore(_RATELIMIT_POLICY, value, "unrecognised member")
     return named, numeric
 
 
@@ -558,14 +707,14 @@ def _parse_policies(fields: _Fields) -> _Policies:
 def _ietf_structured(fields: _Fields, now: float) -> _Quota | None:
     named_policies, _ = fields.policies()
     policies = _unique_by_name(
-        "ratelimit-policy",
+        _RATELIMIT_POLICY,
         [
             (
                 name,
                 (
                     # "l" was the quota parameter in an intermediate editor's draft.
-                    _sf_number("ratelimit-policy", params.get("q", params.get("l"))),
-                    _sf_number("ratelimit-policy", params.get("w")),
+                    _sf_number(_RATELIMIT_POLICY, params.get("q", params.get("l"))),
+                    _sf_number(_RATELIMIT_POLICY, params.get("w")),
                 ),
             )
             for name, params in named_policies
@@ -574,13 +723,13 @@ def _ietf_structured(fields: _Fields, now: float) -> _Quota | None:
     entries: list[tuple[str, tuple[float | None, float | None]]] = []
     for value, params in fields.ratelimit().named:
         name = _policy_name(value)
-        remaining = _sf_number("ratelimit", params.get("r"))
+        remaining = _sf_number(_RATELIMIT, params.get("r"))
         if name is None or remaining is None:
-            _ignore("ratelimit", (value, params), "incomplete policy")
+            _ignore(_RATELIMIT, (value, params), "incomplete policy")
             continue
-        reset = _sf_reset("ratelimit", params["t"], now) if "t" in params else None
+        reset = _sf_reset(_RATELIMIT, params["t"], now) if "t" in params else None
         entries.append((name, (remaining, reset)))
-    states = _unique_by_name("ratelimit", entries)
+    states = _unique_by_name(_RATELIMIT, entries)
 
     if states:
         # The binding policy: least remaining; on a tie, the longest wait until reset.
@@ -590,7 +739,7 @@ def _ietf_structured(fields: _Fields, now: float) -> _Quota | None:
 
         name, (remaining, reset) = min(states.items(), key=binding_key)
         limit, window = policies.get(name, (None, None))
-        return _Quota(limit=limit, remaining=remaining, reset_after=reset, window=window)
+        return _Quota(limit, remaining, reset, window)
     if len(policies) == 1:
         # A lone policy without current state still tells the quota and the window.
         ((limit, window),) = policies.values()
@@ -600,36 +749,36 @@ def _ietf_structured(fields: _Fields, now: float) -> _Quota | None:
 
 def _ietf_older(fields: _Fields, now: float) -> _Quota | None:
     dictionary = fields.ratelimit().dictionary
-    limit = _sf_number("ratelimit", dictionary.get("limit"))
-    remaining = _sf_number("ratelimit", dictionary.get("remaining"))
-    reset = _sf_reset("ratelimit", dictionary["reset"], now) if "reset" in dictionary else None
+    limit = _sf_number(_RATELIMIT, dictionary.get("limit"))
+    remaining = _sf_number(_RATELIMIT, dictionary.get("remaining"))
+    reset = _sf_reset(_RATELIMIT, dictionary["reset"], now) if "reset" in dictionary else None
 
     # Quota policies: RateLimit-Policy: 100;w=60, 1000;w=3600 ("window=" in the earliest drafts).
     _, numeric_policies = fields.policies()
     policies: list[tuple[float | None, float | None]] = []
 
-    limit_lines = fields.lines("ratelimit-limit")
+    limit_lines = fields.values(_RATELIMIT_LIMIT[0])
     if limit is None and limit_lines:
-        if any(";" in value for _, value in limit_lines):
+        if any(";" in value for value in limit_lines):
             # Drafts -00 to -03 allowed "RateLimit-Limit: 10, 10;w=1, 1000;w=3600": the first
             # member is the current limit, the others are quota policies.
-            joined = ", ".join(value for _, value in limit_lines)
-            members = _sf_members(_sf_parse("ratelimit-limit", joined, "list"))
+            joined = ", ".join(limit_lines)
+            members = _sf_members(_sf_parse(_RATELIMIT_LIMIT[0], joined, "list"))
             if members and _is_numeric(members[0][0]):
-                limit = _sf_number("ratelimit-limit", members[0][0])
+                limit = _sf_number(_RATELIMIT_LIMIT[0], members[0][0])
                 numeric_policies = members[1:] + numeric_policies
             elif members:
-                _ignore("ratelimit-limit", joined)
+                _ignore(_RATELIMIT_LIMIT[0], joined)
         else:
-            limit = _number(fields.single("ratelimit-limit"))
+            limit = _number(fields.single(_RATELIMIT_LIMIT))
     if remaining is None:
-        remaining = _number(fields.single("ratelimit-remaining"))
+        remaining = _number(fields.single(_RATELIMIT_REMAINING))
     if reset is None:
-        reset = _reset(fields.single("ratelimit-reset"), now)
+        reset = _reset(fields.single(_RATELIMIT_RESET), now)
 
     for value, params in numeric_policies:
-        quota = _sf_number("ratelimit-policy", value)
-        policy_window = _sf_number("ratelimit-policy", params.get("w", params.get("window")))
+        quota = _sf_number(_RATELIMIT_POLICY, value)
+        policy_window = _sf_number(_RATELIMIT_POLICY, params.get("w", params.get("window")))
         if quota is not None:
             policies.append((quota, policy_window))
 
@@ -638,16 +787,16 @@ def _ietf_older(fields: _Fields, now: float) -> _Quota | None:
         limit, window = policies[0]
     elif limit is not None:
         window = next((w for q, w in policies if q == limit and w is not None), None)
-    return _Quota(limit=limit, remaining=remaining, reset_after=reset, window=window)
+    return _Quota(limit, remaining, reset, window)
 
 
 def _openai(fields: _Fields, now: float) -> _Quota | None:
     # Requests are the primary limit; tokens only when no request header says anything.
-    for kind in _OPENAI_KINDS:
+    for limit, remaining, reset in _OPENAI_GROUPS:
         quota = _Quota(
-            limit=_number(fields.single(f"x-ratelimit-limit-{kind}")),
-            remaining=_number(fields.single(f"x-ratelimit-remaining-{kind}")),
-            reset_after=_duration(fields.single(f"x-ratelimit-reset-{kind}")),
+            limit=_number(fields.single(limit)),
+            remaining=_number(fields.single(remaining)),
+            reset_after=_duration(fields.single(reset)),
         )
         if quota.known:
             return quota
@@ -655,12 +804,11 @@ def _openai(fields: _Fields, now: float) -> _Quota | None:
 
 
 def _anthropic(fields: _Fields, now: float) -> _Quota | None:
-    for kind in _ANTHROPIC_KINDS:
-        prefix = f"anthropic-ratelimit-{kind}-"
+    for limit, remaining, reset in _ANTHROPIC_GROUPS:
         quota = _Quota(
-            limit=_number(fields.single(prefix + "limit")),
-            remaining=_number(fields.single(prefix + "remaining")),
-            reset_after=_reset(fields.single(prefix + "reset"), now),
+            limit=_number(fields.single(limit)),
+            remaining=_number(fields.single(remaining)),
+            reset_after=_reset(fields.single(reset), now),
         )
         if quota.known:
             return quota
@@ -668,7 +816,7 @@ def _anthropic(fields: _Fields, now: float) -> _Quota | None:
 
 
 def _shopify(fields: _Fields, now: float) -> _Quota | None:
-    field = fields.single("x-shopify-shop-api-call-limit")
+    field = fields.single(_SHOPIFY)
     if field is None:
         return None
     name, raw = field
@@ -685,19 +833,27 @@ def _shopify(fields: _Fields, now: float) -> _Quota | None:
 
 
 def _x_ratelimit(fields: _Fields, now: float) -> _Quota | None:
-    def aliases(suffix: str) -> tuple[str, ...]:
-        return tuple(prefix + suffix for prefix in _X_PREFIXES)
-
-    limit = _number(fields.single(*aliases("limit")))
-    remaining = _number(fields.single(*aliases("remaining")))
-    used = _number(fields.single(*aliases("used")))
+    limit = _number(fields.single(_X_LIMIT))
+    remaining = _number(fields.single(_X_REMAINING))
+    used = _number(fields.single(_X_USED))
     # Discord's Reset-After (seconds, relative) is immune to clock skew: prefer it.
-    reset = _number(fields.single(*aliases("reset-after")))
+    reset = _number(fields.single(_X_RESET_AFTER))
     if reset is None:
-        reset = _reset(fields.single(*aliases("reset")), now)
+        reset = _reset(fields.single(_X_RESET), now)
     if used is not None:
         if limit is None and remaining is not None:
             limit = _sane("x-ratelimit-used", used, used + remaining)
         elif remaining is None and limit is not None and used <= limit:
             remaining = limit - used
     return _Quota(limit=limit, remaining=remaining, reset_after=reset)
+
+
+#: The families in order of precedence, each with the header names it reads.
+_FAMILIES: Final[tuple[tuple[str, Callable[[_Fields, float], _Quota | None], frozenset[str]], ...]] = (
+    ("ietf-structured", _ietf_structured, _IETF_STRUCTURED_NAMES),
+    ("ietf", _ietf_older, _IETF_NAMES),
+    ("openai", _openai, _OPENAI_NAMES),
+    ("anthropic", _anthropic, _ANTHROPIC_NAMES),
+    ("shopify", _shopify, _SHOPIFY_NAMES),
+    ("x-ratelimit", _x_ratelimit, _X_NAMES),
+)
