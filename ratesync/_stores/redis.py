@@ -213,6 +213,17 @@ class _Prepared:
         return call
 
 
+#: The async connection's "is there something to read (or has the server closed it)?" check: its
+#: name changed in redis-py 8 (the old one is deprecated there, the new one missing before).
+_ASYNC_CAN_READ: Final = "can_read" if hasattr(redis.asyncio.Connection, "can_read") else "can_read_destructive"
+
+
+def _should_reconnect(connection: Any) -> bool:
+    # A server announcing maintenance marks connections to renew (redis-py 6 and later).
+    check = getattr(connection, "should_reconnect", None)
+    return bool(check()) if check is not None else False
+
+
 class _Batch:
     """Async callers of one event loop queued behind a call in flight for the same keys."""
 
@@ -299,7 +310,7 @@ class _Pool(redis.ConnectionPool):
                 connection.disconnect()
                 self._created_connections -= 1
             else:
-                if connection.should_reconnect():
+                if _should_reconnect(connection):
                     connection.disconnect()
                 self._available_connections.append(connection)
             if self._waiting:
@@ -325,12 +336,12 @@ class _AsyncPool(redis.asyncio.ConnectionPool):
             # default): a connection the server closed would fail its first command.
             await connection.connect()  # type: ignore[no-untyped-call]
             try:
-                if await connection.can_read():
+                if await getattr(connection, _ASYNC_CAN_READ)():
                     raise redis.exceptions.ConnectionError("Connection has data")
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
                 await connection.disconnect()
                 await connection.connect()  # type: ignore[no-untyped-call]
-                if await connection.can_read():
+                if await getattr(connection, _ASYNC_CAN_READ)():
                     raise redis.exceptions.ConnectionError("Connection not ready") from None
         except BaseException:
             await self.release(connection)
@@ -361,7 +372,7 @@ class _AsyncPool(redis.asyncio.ConnectionPool):
 
     async def release(self, connection: Any) -> None:
         self._in_use_connections.discard(connection)
-        if connection.should_reconnect():
+        if _should_reconnect(connection):
             await connection.disconnect()
         self._available_connections.append(connection)
         waiters = self._waiters
