@@ -404,3 +404,38 @@ async def test_uncalibrated_skew_over_admits_at_most_skew_times_rate(
     assert busiest <= rate + burst + skew * rate + 1e-9, busiest
     if skew == 0.0:
         assert busiest <= rate + burst
+
+
+@pytest.mark.nats
+async def test_limiters_in_two_registries_share_rate_and_concurrency(bucket: str) -> None:
+    # Two registries (as two processes would have) configured from the same rate-sync.toml shape.
+    config = {
+        "stores": {"shared": {"engine": "nats", "url": URL, "bucket": bucket}},
+        "limiters": {
+            "jobs": {
+                "store": "shared",
+                "algorithm": "sliding_window",
+                "limit": 3,
+                "window_seconds": 3600,
+                "max_concurrent": 1,
+            },
+        },
+    }
+    first, second = ratesync.Registry(config=config), ratesync.Registry(config=config)
+    try:
+        held = await first.atry_acquire("jobs", key="tenant 1")
+        assert held
+        # The concurrency slot is taken in the other registry's eyes too...
+        assert not await second.atry_acquire("jobs", key="tenant 1")
+        await held.arelease()
+        # ...and given back: the second registry gets it, and the window counts both.
+        again = await second.atry_acquire("jobs", key="tenant 1")
+        assert again
+        await again.arelease()
+        state = await second.get_limiter("jobs").astate("tenant 1")
+        assert state.remaining == 1
+    finally:
+        await first.aclose()
+        await second.aclose()
+        first.close()
+        second.close()
