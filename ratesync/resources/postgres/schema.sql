@@ -483,8 +483,9 @@ DECLARE
     v_same boolean;
     v_row {schema}.{prefix}state;
     v_out {schema}.{prefix}state;
-    v_rows {schema}.{prefix}state[] := '{}';
-    v_found boolean[] := '{}';
+    v_rows {schema}.{prefix}state[];
+    v_found boolean[];
+    v_locked boolean;
     r record;
     i integer;
     v_at float8;
@@ -495,7 +496,9 @@ DECLARE
 BEGIN
     IF NOT p_peek THEN
         IF n = 1 THEN
-            PERFORM pg_advisory_xact_lock(hashtextextended(p_keys[1], {lock_space}));
+            -- An assignment, not PERFORM: a plain expression skips starting an executor (PERFORM
+            -- runs a query), and this is on every call.
+            v_locked := pg_advisory_xact_lock(hashtextextended(p_keys[1], {lock_space})) IS NOT NULL;
         ELSE
             FOR v_h IN SELECT DISTINCT hashtextextended(k, {lock_space}) FROM unnest(p_keys) k ORDER BY 1 LOOP
                 PERFORM pg_advisory_xact_lock(v_h);
