@@ -375,6 +375,7 @@ class NatsStore(Store):
         self._conns: dict[asyncio.AbstractEventLoop, _Conn] = {}
         self._connect_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
         self._warned_max_age = False
+        self._warned_clock = False
         self._errors: tuple[type[BaseException], ...] | None = None
         #: Conflicting writes retried so far (contention between processes).
         self.conflicts = 0
@@ -622,15 +623,27 @@ class NatsStore(Store):
 
         # Claimed before the first await: concurrent callers keep using the current offset.
         self._next_sync = time.monotonic() + self.clock_sync_interval
+        # Read back the way kv.get reads (direct get when the bucket allows it: same permissions).
+        direct = bool(getattr(conn.kv, "_direct", False))
         best: tuple[float, float] | None = None
         for _ in range(3):
             t0 = self._clock()
             revision = await conn.kv.put(_PROBE_ENTRY, b"", validate_keys=False)
             t1 = self._clock()
             try:
-                msg = await conn.js.get_msg(self.stream, seq=revision)
+                msg = await conn.js.get_msg(self.stream, seq=revision, direct=direct)
             except nats.js.errors.NotFoundError:
                 continue  # replaced by another client's probe already (history 1): sample again
+            except nats.js.errors.APIError as exc:
+                # Refused (permissions, an old server): keep the current clock, say so once.
+                if not self._warned_clock:
+                    self._warned_clock = True
+                    logger.warning(
+                        "rate-sync nats store %r cannot read the server's timestamps (%s); using the client clock",
+                        self.name,
+                        self._scrub(str(exc)),
+                    )
+                return
             if msg.time is None:
                 continue
             half = (t1 - t0) / 2
