@@ -165,8 +165,14 @@ async def test_unlogged_tables_and_asynchronous_commit() -> None:
             "ratesync_state": "u",
         }
         assert (await fast._fetch("SHOW synchronous_commit"))[0][0] == "off"
-        server_default = (await default._fetch("SELECT boot_val FROM pg_settings WHERE name = 'synchronous_commit'"))[0]
-        assert (await default._fetch("SHOW synchronous_commit"))[0][0] == server_default[0]
+        import asyncpg
+
+        plain = await asyncpg.connect(URL)
+        try:
+            server_default = await plain.fetchval("SHOW synchronous_commit")
+        finally:
+            await plain.close()
+        assert (await default._fetch("SHOW synchronous_commit"))[0][0] == server_default
     finally:
         await fast.aclose()
         await default.aclose()
