@@ -455,3 +455,29 @@ def test_generated_sequences_match_the_reference(store: PostgresStore, spec_list
             r.release(lease_key, op[1])
         else:
             r.reset([keys[i] for i in op[1]])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    spec_list=st.lists(specs.filter(lambda s: not isinstance(s, Quota)), min_size=1, max_size=3),
+    calls=st.lists(st.tuples(st.integers(1, 5), max_waits), min_size=2, max_size=12),
+    before=st.lists(st.tuples(st.integers(1, 3), ticks), max_size=4),
+)
+def test_generated_batches_are_the_calls_in_order(
+    store: PostgresStore, spec_list: list[Spec], calls: list[tuple[int, float]], before: list[tuple[int, float]]
+) -> None:
+    r = Runner(store)
+    slots = [(r.key(str(i)), spec) for i, spec in enumerate(spec_list)]
+    now = 2048.0
+    for cost, dt in before:  # some state first, built call by call
+        now += dt
+        r.acquire(slots, cost, 1.0, now)
+    now += 0.25
+    if len(slots) > 1:
+        capacity = min(s.capacity for _, s in slots)
+        calls = [(c, w) for c, w in calls if not (w == math.inf and c > capacity)]
+    got = pg_batch(store, slots, calls, now)
+    want = [r.ref.acquire(slots, c, w, now) for c, w in calls]
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        assert_decision(g, w, f"batch call {i} of {calls} at {now}")
+    assert_states(store, r.ref, slots, now, "after the batch")
