@@ -297,7 +297,7 @@ class PostgresStore(Store):
         return cls(name=name, on_error=options.get("on_error", "closed"), **kwargs)
 
     def describe(self) -> str:
-        where = redact_url(self.url) if self.url else "postgres (PG* environment)"
+        where = redact_url(self.url) if self.url else "(PG* environment)"
         return f"postgres {where} {self.schema}.{self.table_prefix}*"
 
     def schema_sql(self) -> str:

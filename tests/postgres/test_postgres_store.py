@@ -62,6 +62,7 @@ def test_options_from_config_and_password_redacted() -> None:
         assert "app:***@127.0.0.1:5432" in text
     # Nothing was connected: configuring never touches the server.
     assert store._portal is None and not store._pools
+    assert PostgresStore().describe() == "postgres (PG* environment) public.ratesync_*"
 
 
 @pytest.mark.parametrize(
