@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from rs_testing import require_service
 from stores.backend_postgres import URL, drop, make_isolated, new_schema
 
 import ratesync
@@ -107,6 +108,7 @@ def test_schema_sql_is_documented_exactly() -> None:
 
 
 async def test_many_stores_install_the_schema_at_once() -> None:
+    require_service("postgres")
     schema = new_schema("install")
     stores = [PostgresStore(URL, schema=schema, name=f"s{i}") for i in range(6)]
     try:
@@ -123,6 +125,7 @@ async def test_many_stores_install_the_schema_at_once() -> None:
 
 
 async def test_without_auto_create_a_missing_schema_is_a_store_error() -> None:
+    require_service("postgres")
     closed = PostgresStore(URL, schema=new_schema("noauto"), auto_create=False, name="noauto")
     opened = PostgresStore(URL, schema=closed.schema, auto_create=False, on_error="open", name="noauto-open")
     slots = [("{noauto}#0", TokenBucket(rate_per_second=1.0, burst=1))]
@@ -378,6 +381,7 @@ def test_the_sync_side_survives_fork() -> None:
 
 
 def test_registry_configures_a_postgres_store() -> None:
+    require_service("postgres")
     schema = new_schema("registry")
     registry = ratesync.Registry(
         config={
