@@ -410,14 +410,15 @@ class Limiter:
         self._record_wait(wait)
         return wait
 
-    def _rate_sync(self, key: str | None, cost: int, timeout: float | None) -> None:
+    def _rate_sync(self, key: str | None, cost: int, timeout: float | None) -> float:
+        """Wait for the rate limits; return the seconds waited."""
         if self._fast is not None:
             wait = self._fast_wait(key, cost, timeout)
             if wait > 0.0:
                 self._sleep(wait)
-            return
+            return wait
         if not self.specs:
-            return
+            return 0.0
         d = self.store.acquire(self._slots(key)[0], cost, _INF if timeout is None else timeout)
         if d.degraded:
             self._store_errors += 1
@@ -426,15 +427,16 @@ class Limiter:
         if d.wait > 0.0:
             self._record_wait(d.wait)
             self._sleep(d.wait)
+        return d.wait
 
-    async def _rate_async(self, key: str | None, cost: int, timeout: float | None) -> None:
+    async def _rate_async(self, key: str | None, cost: int, timeout: float | None) -> float:
         if self._fast is not None:
             wait = self._fast_wait(key, cost, timeout)
             if wait > 0.0:
                 await self._async_sleep(wait)
-            return
+            return wait
         if not self.specs:
-            return
+            return 0.0
         d = await self.store.aacquire(self._slots(key)[0], cost, _INF if timeout is None else timeout)
         if d.degraded:
             self._store_errors += 1
@@ -443,6 +445,7 @@ class Limiter:
         if d.wait > 0.0:
             self._record_wait(d.wait)
             await self._async_sleep(d.wait)
+        return d.wait
 
     def _leased(self, lease_key: str, lease_id: str) -> _Lease:
         with self._lock:
@@ -538,7 +541,7 @@ class Acquisition:
     :class:`ConcurrencyMisuseError`, since nothing would release the slot: use ``async with``.
     """
 
-    __slots__ = ("_cost", "_key", "_lease", "_limiter", "_timeout")
+    __slots__ = ("_cost", "_key", "_lease", "_limiter", "_timeout", "waited")
 
     def __init__(self, limiter: Limiter, key: str | None, cost: int, timeout: float | None) -> None:
         self._limiter = limiter
@@ -546,8 +549,10 @@ class Acquisition:
         self._cost = cost
         self._timeout = timeout
         self._lease: _Lease | None = None
+        #: Seconds this acquire was told to wait for the rate limits (0.0: it went at once).
+        self.waited = 0.0
 
-    def __await__(self) -> Generator[Any, None, None]:
+    def __await__(self) -> Generator[Any, None, Acquisition]:
         # A generator rather than a coroutine chain: on the allowed path of the memory store
         # nothing is awaited at all.
         limiter = self._limiter
@@ -561,10 +566,12 @@ class Acquisition:
         if limiter._fast is not None:
             wait = limiter._fast_wait(self._key, self._cost, self._timeout)
             if wait > 0.0:
+                self.waited = wait
                 yield from _awaitable(limiter._async_sleep(wait))
         else:
-            yield from limiter._rate_async(self._key, self._cost, self._timeout).__await__()
+            self.waited = yield from limiter._rate_async(self._key, self._cost, self._timeout).__await__()
         limiter._acquisitions += 1
+        return self
 
     async def __aenter__(self) -> Acquisition:
         limiter = self._limiter
@@ -575,14 +582,15 @@ class Acquisition:
             if limiter._fast is not None:
                 wait = limiter._fast_wait(self._key, self._cost, timeout)
                 if wait > 0.0:
+                    self.waited = wait
                     await limiter._async_sleep(wait)
             else:
-                await limiter._rate_async(self._key, self._cost, timeout)
+                self.waited = await limiter._rate_async(self._key, self._cost, timeout)
             limiter._acquisitions += 1
             return self
         loop = asyncio.get_running_loop()
         started = loop.time()
-        await limiter._rate_async(self._key, self._cost, timeout)
+        self.waited = await limiter._rate_async(self._key, self._cost, timeout)
         left = None if timeout is None else max(0.0, timeout - (loop.time() - started))
         self._lease = await limiter._lease_async(self._key, left)
         limiter._acquisitions += 1
@@ -613,13 +621,14 @@ class Acquisition:
                     _INF if timeout is None else timeout,
                 )
                 if wait != 0.0:
-                    limiter._sleep(limiter._fast_waited(wait, timeout))
+                    self.waited = limiter._fast_waited(wait, timeout)
+                    limiter._sleep(self.waited)
             else:
-                limiter._rate_sync(self._key, self._cost, timeout)
+                self.waited = limiter._rate_sync(self._key, self._cost, timeout)
             limiter._acquisitions += 1
             return self
         started = time.monotonic()
-        limiter._rate_sync(self._key, self._cost, timeout)
+        self.waited = limiter._rate_sync(self._key, self._cost, timeout)
         left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
         self._lease = limiter._lease_sync(self._key, left)
         limiter._acquisitions += 1
