@@ -29,7 +29,8 @@ def make_store(prefix: str) -> ratesync.Store:
     global _used
     _used = True
     # The contract checks a real backend's clock: calibration against the server stays on.
-    return NatsStore(URL, bucket=BUCKET, name="contract")
+    # Generous timeouts: a loaded CI machine is slow, and the contract is about behaviour.
+    return NatsStore(URL, bucket=BUCKET, name="contract", connect_timeout=5.0, request_timeout=5.0)
 
 
 def delete_bucket(bucket: str, url: str = URL) -> None:

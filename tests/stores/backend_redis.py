@@ -34,7 +34,15 @@ def make_store(prefix: str) -> ratesync.Store:
     from ratesync._stores.redis import RedisStore
 
     host, port = require_service("redis")
-    return RedisStore(f"redis://{host}:{port}/0", key_prefix=f"rs-test:{prefix}", name="contract")
+    # Generous timeouts: the contract is about behaviour, and a loaded CI machine can take more than
+    # the production default of 0.5 s to accept a burst of new connections.
+    return RedisStore(
+        f"redis://{host}:{port}/0",
+        key_prefix=f"rs-test:{prefix}",
+        name="contract",
+        connect_timeout=5.0,
+        socket_timeout=5.0,
+    )
 
 
 def cleanup(store: ratesync.Store) -> None:

@@ -21,7 +21,9 @@ def make_store(prefix: str) -> ratesync.Store:
 
     from ratesync._stores.redis import RedisStore
 
-    return RedisStore(cluster().url, key_prefix=f"rs-test:{prefix}", name="contract-cluster")
+    return RedisStore(
+        cluster().url, key_prefix=f"rs-test:{prefix}", name="contract-cluster", connect_timeout=5.0, socket_timeout=5.0
+    )
 
 
 def cleanup(store: ratesync.Store) -> None:
