@@ -351,7 +351,8 @@ def quota_observe(state: QuotaState | None, now: float, obs: Observation, spec: 
     reset_at = now + reset_after
     remaining = max(0.0, math.floor(obs.remaining))
     limit = obs.limit if obs.limit is not None and obs.limit >= remaining else None
-    window = obs.window
+    # A window of zero or less says nothing (and would divide by zero when the mirror rolls).
+    window = obs.window if obs.window is not None and obs.window > 0 else None
     if state is not None:
         if window is None and limit is not None:
             # A response just after a reset shows nearly the whole window: the largest reset seen

@@ -62,7 +62,7 @@ T = TypeVar("T")
 
 #: The version of ``schema.sql`` (stored in ``<prefix>meta``); a store installs its functions when
 #: the database holds an older version (or none).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _IDENT_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
 _SSL_MODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})

@@ -324,3 +324,10 @@ def test_combined_refuses_a_cost_one_limit_can_never_admit() -> None:
     d, states = decide([None, None], 0.0, 5, specs, math.inf)
     assert not d.allowed and d.wait == math.inf
     assert states == [None, None]
+
+
+def test_quota_window_of_zero_says_nothing() -> None:
+    state = quota_observe(None, 0.0, Observation(remaining=0, reset_after=5.0, limit=10, window=0.0), Quota())
+    assert state is not None and state.window == 5.0  # estimated from the reset, not zero
+    d, _ = quota(state, 100.0, 1, Quota())
+    assert d.allowed

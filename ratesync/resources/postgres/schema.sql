@@ -741,6 +741,9 @@ BEGIN
     v_rem := greatest(0.0, floor(p_remaining));
     v_lim := CASE WHEN p_limit IS NOT NULL AND p_limit >= v_rem THEN p_limit END;
     v_win := p_window;
+    IF v_win IS NOT NULL AND v_win <= 0 THEN
+        v_win := NULL;  -- a window of zero or less says nothing
+    END IF;
     IF v_row.kind IS NOT NULL THEN
         s_reset_at := v_row.v1 - v_base;
         IF v_win IS NULL AND v_lim IS NOT NULL THEN

@@ -16,6 +16,9 @@ local function quota_observe(state, now, obs, spec)
     limit = obs[3]
   end
   local window = obs[4]
+  if window ~= nil and window <= 0 then
+    window = nil  -- a window of zero or less says nothing
+  end
   if state ~= nil then
     if window == nil and limit ~= nil then
       -- A response just after a reset shows nearly the whole window: the largest reset seen
