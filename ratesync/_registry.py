@@ -279,7 +279,12 @@ class Registry:
 
 
 class _Initialized:
-    """Returned by ``initialize_*``: the checks ran; awaiting it connects the async clients too."""
+    """Returned by ``initialize_*``.
+
+    By the time it exists the definitions were checked and the stores built (no I/O: clients
+    connect on first use). Awaiting it also connects each store's async client and creates what
+    the backend needs (tables, buckets), so the first acquire pays no set-up.
+    """
 
     __slots__ = ("stores",)
 
