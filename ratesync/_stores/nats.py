@@ -48,7 +48,7 @@ import string
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -71,7 +71,8 @@ from .._algorithms import (
 )
 from .._exceptions import ConfigurationError, MissingDependencyError, StoreError
 from .._portal import Portal
-from ._base import OnError, Slot, Store, redact_url
+from ._base import OnError, Slot, redact_url
+from ._portal_store import PortalStore
 
 __all__ = ["NatsStore", "entry_name", "escape_key", "hash_tag", "unescape_key"]
 
@@ -282,7 +283,7 @@ class _Conn:
             cache.popitem(last=False)
 
 
-class NatsStore(Store):
+class NatsStore(PortalStore):
     """Limiter state in a NATS JetStream key-value bucket, changed by compare-and-set.
 
     ``url``: ``nats://host:4222`` or ``tls://...`` (several comma-separated for a cluster);
@@ -560,19 +561,6 @@ class NatsStore(Store):
         if conn is not None and conn.pid == os.getpid():
             await _close_quietly(conn.nc)
 
-    def _sync(self, factory: Callable[[], Awaitable[T]]) -> T:
-        portal = self._portal
-        if portal is None:
-            with self._lock:
-                if self._portal is None:
-                    self._portal = Portal(name=f"ratesync-nats-{self.name}")
-                portal = self._portal
-
-        async def run() -> T:
-            return await factory()
-
-        return portal.call(run, self._call_timeout)
-
     def initialize(self) -> None:
         """Connect (on the sync side) and create the bucket if missing."""
         self._sync(self._conn)
@@ -831,44 +819,6 @@ class NatsStore(Store):
             await self._cas(name, forget(group))
         for key in keys:
             await self._cas(_lease_entry(key), clear)
-
-    # -- the Store protocol ----------------------------------------------------------------------
-
-    def _acquire(self, slots: Sequence[Slot], cost: int, max_wait: float) -> Decision:
-        return self._sync(lambda: self._run_acquire(slots, cost, max_wait))
-
-    async def _aacquire(self, slots: Sequence[Slot], cost: int, max_wait: float) -> Decision:
-        return await self._run_acquire(slots, cost, max_wait)
-
-    def _peek(self, slots: Sequence[Slot]) -> Decision:
-        return self._sync(lambda: self._run_peek(slots))
-
-    async def _apeek(self, slots: Sequence[Slot]) -> Decision:
-        return await self._run_peek(slots)
-
-    def _observe(self, key: str, spec: Quota, obs: Observation) -> None:
-        self._sync(lambda: self._run_observe(key, spec, obs))
-
-    async def _aobserve(self, key: str, spec: Quota, obs: Observation) -> None:
-        await self._run_observe(key, spec, obs)
-
-    def _lease_acquire(self, key: str, limit: int, lease_seconds: float, lease_id: str) -> LeaseDecision:
-        return self._sync(lambda: self._run_lease_acquire(key, limit, lease_seconds, lease_id))
-
-    async def _alease_acquire(self, key: str, limit: int, lease_seconds: float, lease_id: str) -> LeaseDecision:
-        return await self._run_lease_acquire(key, limit, lease_seconds, lease_id)
-
-    def _lease_release(self, key: str, lease_id: str) -> None:
-        self._sync(lambda: self._run_lease_release(key, lease_id))
-
-    async def _alease_release(self, key: str, lease_id: str) -> None:
-        await self._run_lease_release(key, lease_id)
-
-    def _reset(self, keys: Sequence[str]) -> None:
-        self._sync(lambda: self._run_reset(keys))
-
-    async def _areset(self, keys: Sequence[str]) -> None:
-        await self._run_reset(keys)
 
 
 async def _close_quietly(nc: Any) -> None:

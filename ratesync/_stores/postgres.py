@@ -34,7 +34,7 @@ import os
 import re
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, TypeVar
@@ -52,7 +52,8 @@ from .._algorithms import (
 )
 from .._exceptions import ConfigurationError, MissingDependencyError, StoreError
 from .._portal import Portal
-from ._base import OnError, Slot, Store, redact_url
+from ._base import OnError, Slot, redact_url
+from ._portal_store import PortalStore
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore", "render_schema_sql"]
 
@@ -150,7 +151,7 @@ async def _no_reset(connection: Any) -> None:
     """
 
 
-class PostgresStore(Store):
+class PostgresStore(PortalStore):
     """Limiter state in PostgreSQL, decided by PL/pgSQL functions with the database's clock.
 
     ``url``: ``postgresql://user:password@host:5432/db`` (``?sslmode=require`` and the other
@@ -420,19 +421,6 @@ class PostgresStore(Store):
             except Exception:
                 # A pool that cannot close cleanly (the server is gone) is terminated instead.
                 entry.pool.terminate()
-
-    def _sync(self, factory: Callable[[], Awaitable[T]]) -> T:
-        portal = self._portal
-        if portal is None:
-            with self._lock:
-                if self._portal is None:
-                    self._portal = Portal(name=f"ratesync-postgres-{self.name}")
-                portal = self._portal
-
-        async def run() -> T:
-            return await factory()
-
-        return portal.call(run, self._call_timeout)
 
     def initialize(self) -> None:
         """Connect (on the sync side) and create the tables and functions if missing."""
@@ -713,44 +701,6 @@ class PostgresStore(Store):
 
     async def _run_reset(self, keys: Sequence[str]) -> None:
         await self._fetchval(self._sql_reset, list(keys))
-
-    # -- the Store protocol ----------------------------------------------------------------------
-
-    def _acquire(self, slots: Sequence[Slot], cost: int, max_wait: float) -> Decision:
-        return self._sync(lambda: self._run_acquire(slots, cost, max_wait))
-
-    async def _aacquire(self, slots: Sequence[Slot], cost: int, max_wait: float) -> Decision:
-        return await self._run_acquire(slots, cost, max_wait)
-
-    def _peek(self, slots: Sequence[Slot]) -> Decision:
-        return self._sync(lambda: self._run_peek(slots))
-
-    async def _apeek(self, slots: Sequence[Slot]) -> Decision:
-        return await self._run_peek(slots)
-
-    def _observe(self, key: str, spec: Quota, obs: Observation) -> None:
-        self._sync(lambda: self._run_observe(key, spec, obs))
-
-    async def _aobserve(self, key: str, spec: Quota, obs: Observation) -> None:
-        await self._run_observe(key, spec, obs)
-
-    def _lease_acquire(self, key: str, limit: int, lease_seconds: float, lease_id: str) -> LeaseDecision:
-        return self._sync(lambda: self._run_lease_acquire(key, limit, lease_seconds, lease_id))
-
-    async def _alease_acquire(self, key: str, limit: int, lease_seconds: float, lease_id: str) -> LeaseDecision:
-        return await self._run_lease_acquire(key, limit, lease_seconds, lease_id)
-
-    def _lease_release(self, key: str, lease_id: str) -> None:
-        self._sync(lambda: self._run_lease_release(key, lease_id))
-
-    async def _alease_release(self, key: str, lease_id: str) -> None:
-        await self._run_lease_release(key, lease_id)
-
-    def _reset(self, keys: Sequence[str]) -> None:
-        self._sync(lambda: self._run_reset(keys))
-
-    async def _areset(self, keys: Sequence[str]) -> None:
-        await self._run_reset(keys)
 
 
 def _encode_slots(slots: Sequence[Slot]) -> tuple[list[str], list[int], list[float], list[float]]:
