@@ -43,7 +43,21 @@ class PortalStore(Store):
 
         return portal.call(run, self._call_timeout)
 
+    def close(self) -> None:
+        """Close the sync side's connections (on the portal's loop) and stop that loop."""
+        portal = self._portal
+        if portal is not None:
+            portal.close(self._close_current)
+
+    async def aclose(self) -> None:
+        """Close the running loop's connections (each loop's are closed on that loop)."""
+        await self._close_current()
+
     # -- what a subclass implements, once, as coroutines ------------------------------------------
+
+    @abstractmethod
+    async def _close_current(self) -> None:
+        """Close the connections (pool) of the running loop."""
 
     @abstractmethod
     async def _run_acquire(self, slots: Sequence[Slot], cost: int, max_wait: float) -> Decision: ...

@@ -569,16 +569,6 @@ class NatsStore(PortalStore):
         """Connect on the running loop and create the bucket if missing."""
         await self._conn()
 
-    def close(self) -> None:
-        """Close the sync side's connection and stop its background loop."""
-        portal = self._portal
-        if portal is not None:
-            portal.close(self._close_current)
-
-    async def aclose(self) -> None:
-        """Close the connection of the running loop (each loop's connection is closed on its loop)."""
-        await self._close_current()
-
     def _backend_errors(self) -> tuple[type[BaseException], ...]:
         if self._errors is None:
             import nats.errors

@@ -434,16 +434,6 @@ class PostgresStore(PortalStore):
         pool = await self._pool()
         await pool.fetchval("SELECT 1", timeout=self.command_timeout)
 
-    def close(self) -> None:
-        """Close the sync side's pool and stop its background loop."""
-        portal = self._portal
-        if portal is not None:
-            portal.close(self._close_current)
-
-    async def aclose(self) -> None:
-        """Close the pool of the running loop (each loop's pool is closed on its loop)."""
-        await self._close_current()
-
     # -- schema ------------------------------------------------------------------------------
 
     def _missing_schema(self) -> tuple[type[BaseException], ...]:
