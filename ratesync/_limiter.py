@@ -216,6 +216,7 @@ class Limiter:
         self._fast: Callable[[str, float, float, int, float], float] | None = None
         self._interval = self._span = 0.0
         self._key0 = ""
+        self._fast_keys: dict[str, str] = {}
         if type(store) is MemoryStore and len(self.specs) == 1 and isinstance(self.specs[0], TokenBucket):
             self._fast = store.gcra
             self._interval = 1.0 / self.specs[0].rate_per_second
@@ -245,7 +246,10 @@ class Limiter:
         return result
 
     def _fast_key(self, key: str) -> str:
-        return self._slots(key)[0][0][0]
+        k = self._slots(key)[0][0][0]
+        if len(self._fast_keys) < 4096:
+            self._fast_keys[key] = k
+        return k
 
     def store_keys(self, key: str | None = None) -> list[str]:
         """The store keys holding this limiter's state for ``key`` (for inspection and clearing)."""
@@ -393,7 +397,7 @@ class Limiter:
 
     def _fast_wait(self, key: str | None, cost: int, timeout: float | None) -> float:
         wait = self._fast(  # type: ignore[misc]
-            self._key0 if key is None else self._fast_key(key),
+            self._key0 if key is None else (self._fast_keys.get(key) or self._fast_key(key)),
             self._interval,
             self._span,
             cost,
@@ -541,16 +545,20 @@ class Acquisition:
     :class:`ConcurrencyMisuseError`, since nothing would release the slot: use ``async with``.
     """
 
-    __slots__ = ("_cost", "_key", "_lease", "_limiter", "_timeout", "waited")
+    # ``_lease`` and ``_waited`` are set only when there is one: an acquire that goes at once on a
+    # limiter without ``max_concurrent`` (the common case) writes four attributes, not six.
+    __slots__ = ("_cost", "_key", "_lease", "_limiter", "_timeout", "_waited")
 
     def __init__(self, limiter: Limiter, key: str | None, cost: int, timeout: float | None) -> None:
         self._limiter = limiter
         self._key = key
         self._cost = cost
         self._timeout = timeout
-        self._lease: _Lease | None = None
-        #: Seconds this acquire was told to wait for the rate limits (0.0: it went at once).
-        self.waited = 0.0
+
+    @property
+    def waited(self) -> float:
+        """Seconds this acquire was told to wait for the rate limits (0.0: it went at once)."""
+        return getattr(self, "_waited", 0.0)
 
     def __await__(self) -> Generator[Any, None, Acquisition]:
         # A generator rather than a coroutine chain: on the allowed path of the memory store
@@ -566,10 +574,10 @@ class Acquisition:
         if limiter._fast is not None:
             wait = limiter._fast_wait(self._key, self._cost, self._timeout)
             if wait > 0.0:
-                self.waited = wait
+                self._waited = wait
                 yield from _awaitable(limiter._async_sleep(wait))
         else:
-            self.waited = yield from limiter._rate_async(self._key, self._cost, self._timeout).__await__()
+            self._waited = yield from limiter._rate_async(self._key, self._cost, self._timeout).__await__()
         limiter._acquisitions += 1
         return self
 
@@ -582,15 +590,15 @@ class Acquisition:
             if limiter._fast is not None:
                 wait = limiter._fast_wait(self._key, self._cost, timeout)
                 if wait > 0.0:
-                    self.waited = wait
+                    self._waited = wait
                     await limiter._async_sleep(wait)
             else:
-                self.waited = await limiter._rate_async(self._key, self._cost, timeout)
+                self._waited = await limiter._rate_async(self._key, self._cost, timeout)
             limiter._acquisitions += 1
             return self
         loop = asyncio.get_running_loop()
         started = loop.time()
-        self.waited = await limiter._rate_async(self._key, self._cost, timeout)
+        self._waited = await limiter._rate_async(self._key, self._cost, timeout)
         left = None if timeout is None else max(0.0, timeout - (loop.time() - started))
         self._lease = await limiter._lease_async(self._key, left)
         limiter._acquisitions += 1
@@ -599,9 +607,11 @@ class Acquisition:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._lease is not None:
-            lease, self._lease = self._lease, None
-            await lease.arelease()
+        if self._limiter.max_concurrent is not None:
+            lease = getattr(self, "_lease", None)
+            if lease is not None:
+                del self._lease
+                await lease.arelease()
 
     def __enter__(self) -> Acquisition:
         limiter = self._limiter
@@ -614,21 +624,21 @@ class Acquisition:
                 # The hot path, inlined: one call into the memory store, nothing built.
                 key = self._key
                 wait = fast(
-                    limiter._key0 if key is None else limiter._fast_key(key),
+                    limiter._key0 if key is None else (limiter._fast_keys.get(key) or limiter._fast_key(key)),
                     limiter._interval,
                     limiter._span,
                     self._cost,
                     _INF if timeout is None else timeout,
                 )
                 if wait != 0.0:
-                    self.waited = limiter._fast_waited(wait, timeout)
+                    self._waited = limiter._fast_waited(wait, timeout)
                     limiter._sleep(self.waited)
             else:
-                self.waited = limiter._rate_sync(self._key, self._cost, timeout)
+                self._waited = limiter._rate_sync(self._key, self._cost, timeout)
             limiter._acquisitions += 1
             return self
         started = time.monotonic()
-        self.waited = limiter._rate_sync(self._key, self._cost, timeout)
+        self._waited = limiter._rate_sync(self._key, self._cost, timeout)
         left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
         self._lease = limiter._lease_sync(self._key, left)
         limiter._acquisitions += 1
@@ -637,9 +647,11 @@ class Acquisition:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._lease is not None:
-            lease, self._lease = self._lease, None
-            lease.release()
+        if self._limiter.max_concurrent is not None:
+            lease = getattr(self, "_lease", None)
+            if lease is not None:
+                del self._lease
+                lease.release()
 
 
 def _awaitable(aw: Awaitable[None]) -> Generator[Any, None, None]:
