@@ -101,6 +101,13 @@ _X_REMAINING: Final = tuple(prefix + "remaining" for prefix in _X_PREFIXES)
 _X_USED: Final = tuple(prefix + "used" for prefix in _X_PREFIXES)
 _X_RESET_AFTER: Final = tuple(prefix + "reset-after" for prefix in _X_PREFIXES)
 _X_RESET: Final = tuple(prefix + "reset" for prefix in _X_PREFIXES)
+_XFields = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]
+_X_FIELDS: Final[_XFields] = (_X_LIMIT, _X_REMAINING, _X_USED, _X_RESET_AFTER, _X_RESET)
+_X_FIELDS_BY_PREFIX: Final[tuple[_XFields, ...]] = tuple(
+    ((limit,), (remaining,), (used,), (reset_after,), (reset,))
+    for limit, remaining, used, reset_after, reset in zip(*_X_FIELDS, strict=True)
+)
+_X_NAMES_BY_PREFIX: Final = tuple(frozenset(aliases[i] for aliases in _X_FIELDS) for i in range(len(_X_PREFIXES)))
 
 _IETF_STRUCTURED_NAMES: Final = frozenset({_RATELIMIT, _RATELIMIT_POLICY})
 _IETF_NAMES: Final = _IETF_STRUCTURED_NAMES | {*_RATELIMIT_LIMIT, *_RATELIMIT_REMAINING, *_RATELIMIT_RESET}
@@ -150,6 +157,9 @@ class RateLimitInfo:
 
 HeadersLike = Mapping[str, str] | Iterable[tuple[str, str]]
 
+_NOTHING: Final = RateLimitInfo()
+_REFUSED: Final = RateLimitInfo(blocked=True)
+
 
 def parse_rate_limit_headers(headers: HeadersLike, *, status: int = 200, now: float | None = None) -> RateLimitInfo:
     """Parse the rate-limit headers of an HTTP response.
@@ -165,7 +175,66 @@ def parse_rate_limit_headers(headers: HeadersLike, *, status: int = 200, now: fl
     if now is None:
         now = time.time()
     try:
-        return _parse(headers, status, now)
+        return _parse(_collect(headers), status, now)
+    except Exception:  # pragma: no cover - last-resort safety net, logged
+        _log.warning("unexpected error while parsing rate-limit headers; ignoring them", exc_info=True)
+        return RateLimitInfo(blocked=status == _TOO_MANY_REQUESTS)
+
+
+# The transports split the parse in two: collect the lines that matter (cheap, done for every
+# response), then parse them only when there are any or the status asks for it.
+
+#: The header lines a parse reads, by lower-cased name (what :func:`rate_limit_lines` returns).
+RateLimitLines = dict[str, list[str]]
+
+
+def rate_limit_lines(headers: HeadersLike) -> RateLimitLines:
+    """The lines of ``headers`` that :func:`parse_rate_limit_headers` would read (never raises)."""
+    try:
+        return _collect(headers)
+    except Exception:  # pragma: no cover - last-resort safety net, logged
+        _log.warning("unexpected error while reading rate-limit headers; ignoring them", exc_info=True)
+        return {}
+
+
+_KNOWN_RAW_NAMES: Final = {name.encode("ascii"): name for name in _KNOWN_NAMES}
+_OWS_BYTES: Final = b" \t"
+
+
+def rate_limit_lines_raw(raw: Iterable[tuple[bytes, bytes]]) -> RateLimitLines | None:
+    """:func:`rate_limit_lines` of httpx's ``headers.raw``, without decoding every header.
+
+    ``None`` when a header needs the general reading (a name that is not plain ASCII or has
+    surrounding whitespace, a non-ASCII rate-limit value): call :func:`rate_limit_lines` then.
+    """
+    lines: RateLimitLines = {}
+    known = _KNOWN_RAW_NAMES
+    for key, value in raw:
+        low = key.lower()  # ASCII-only, as httpx lowers names
+        name = known.get(low)
+        if name is None:
+            if not low.isascii() or low.strip(_OWS_BYTES) != low:
+                return None  # str.lower() or stripping might make it one of ours
+            continue
+        if not value.isascii():
+            return None  # decoded as httpx decodes it, by the general reading
+        text = value.decode("ascii").strip(_OWS)
+        values = lines.get(name)
+        if values is None:
+            lines[name] = [text]
+        else:
+            values.append(text)
+    return lines
+
+
+def parse_lines(lines: RateLimitLines, *, status: int = 200, now: float | None = None) -> RateLimitInfo:
+    """:func:`parse_rate_limit_headers` of lines from :func:`rate_limit_lines` (never raises)."""
+    if not lines:
+        return _REFUSED if status == _TOO_MANY_REQUESTS else _NOTHING
+    if now is None:
+        now = time.time()
+    try:
+        return _parse(lines, status, now)
     except Exception:  # pragma: no cover - last-resort safety net, logged
         _log.warning("unexpected error while parsing rate-limit headers; ignoring them", exc_info=True)
         return RateLimitInfo(blocked=status == _TOO_MANY_REQUESTS)
@@ -192,12 +261,7 @@ class _Quota(NamedTuple):
         )
 
 
-_NOTHING: Final = RateLimitInfo()
-_REFUSED: Final = RateLimitInfo(blocked=True)
-
-
-def _parse(headers: HeadersLike, status: int, now: float) -> RateLimitInfo:
-    lines = _collect(headers)
+def _parse(lines: RateLimitLines, status: int, now: float) -> RateLimitInfo:
     if not lines:
         # Most responses of most APIs: nothing to read (a 429 is still a refusal).
         return _REFUSED if status == _TOO_MANY_REQUESTS else _NOTHING
@@ -210,7 +274,7 @@ def _parse(headers: HeadersLike, status: int, now: float) -> RateLimitInfo:
         if names.isdisjoint(lines):
             continue  # none of its headers came: it would yield nothing
         candidate = family(fields, now)
-        if candidate is not None and candidate.known:
+        if candidate is not None and candidate != _NO_QUOTA:  # it knows something
             quota, source = candidate, name
             break
     if quota is None:
@@ -266,12 +330,12 @@ def _as_text(value: object) -> str | None:
     return None
 
 
-def _collect(headers: object) -> dict[str, list[str]]:
+def _collect(headers: object) -> RateLimitLines:
     """The values of the header names some family reads, by lower-cased name, in arrival order.
 
     One pass; every other header is looked at only long enough to tell it is not one of them.
     """
-    lines: dict[str, list[str]] = {}
+    lines: RateLimitLines = {}
     if headers is None:
         return lines
     pairs: object
@@ -332,6 +396,10 @@ class _Fields:
             self._policies = _parse_policies(self)
         return self._policies
 
+    def names(self) -> RateLimitLines:
+        """The lines by name (for membership tests)."""
+        return self._lines
+
     def values(self, name: str) -> list[str] | None:
         """The lines of one name, or None."""
         return self._lines.get(name)
@@ -361,6 +429,53 @@ class _Fields:
         if len(values) == 1 and "," not in values[0]:
             return name, values[0]  # the usual case: one line, one value (already stripped)
         return self._merged(names)
+
+    # The three readers below answer the usual case (one name, one line, a plain number in range)
+    # inline and hand anything else to the general functions, which log what they ignore.
+
+    def number(self, names: tuple[str, ...]) -> float | None:
+        """``_number(self.single(names))``."""
+        if len(names) == 1:
+            values = self._lines.get(names[0])
+            if values is None:
+                return None
+            if len(values) == 1 and _NUMBER_RE.fullmatch(values[0]) is not None:
+                value = float(values[0])
+                if value <= MAX_SANE_VALUE:
+                    return value
+        return _number(self.single(names))
+
+    def reset(self, names: tuple[str, ...], now: float) -> float | None:
+        """``_reset(self.single(names), now)``."""
+        if len(names) == 1:
+            values = self._lines.get(names[0])
+            if values is None:
+                return None
+            if len(values) == 1 and _NUMBER_RE.fullmatch(values[0]) is not None:
+                value = float(values[0])
+                if value > EPOCH_MILLISECONDS_THRESHOLD:
+                    delta = value / 1000.0 - now
+                elif value > EPOCH_SECONDS_THRESHOLD:
+                    delta = value - now
+                else:
+                    delta = value
+                if delta < 0.0:
+                    return 0.0
+                if delta <= MAX_SANE_VALUE:  # False for NaN
+                    return delta
+        return _reset(self.single(names), now)
+
+    def duration(self, names: tuple[str, ...]) -> float | None:
+        """``_duration(self.single(names))``."""
+        if len(names) == 1:
+            values = self._lines.get(names[0])
+            if values is None:
+                return None
+            if len(values) == 1 and _NUMBER_RE.fullmatch(values[0]) is not None:
+                value = float(values[0])
+                if value <= MAX_SANE_VALUE:
+                    return value
+        return _duration(self.single(names))
 
     def _merged(self, names: tuple[str, ...]) -> tuple[str, str] | None:
         lines = self.lines(names)
@@ -679,17 +794,29 @@ class _RateLimitField:
             _ignore(_RATELIMIT, raw)
 
 
-_Policies = tuple[list[tuple[str, dict[str, object]]], list[tuple[object, dict[str, object]]]]
+_Policies = tuple[tuple[tuple[str, dict[str, object]], ...], tuple[tuple[object, dict[str, object]], ...]]
+_NO_POLICIES: Final[_Policies] = ((), ())
+
+# RateLimit-Policy rarely changes from one response to the next: its well-formed values are
+# parsed once. Only a value read by the fast path with every member recognised is kept, so a
+# cached answer is one whose parse logs nothing. Readers never change what they are given.
+_POLICY_CACHE: dict[str, _Policies] = {}
+_POLICY_CACHE_SIZE: Final = 256
 
 
 def _parse_policies(fields: _Fields) -> _Policies:
     """RateLimit-Policy members split into (named -08+ policies, numeric older policies)."""
-    named: list[tuple[str, dict[str, object]]] = []
-    numeric: list[tuple[object, dict[str, object]]] = []
     raw = fields.joined(_RATELIMIT_POLICY)
     if raw is None:
-        return named, numeric
-    for value, params in _sf_members(_sf_parse(_RATELIMIT_POLICY, raw, "list")):
+        return _NO_POLICIES
+    cached = _POLICY_CACHE.get(raw)
+    if cached is not None:
+        return cached
+    named: list[tuple[str, dict[str, object]]] = []
+    numeric: list[tuple[object, dict[str, object]]] = []
+    fast = _sf_fast(raw, "list")
+    clean = fast is not None and fast is not _SF_INVALID
+    for value, params in _sf_members(fast if clean else _sf_parse(_RATELIMIT_POLICY, raw, "list")):
         name = _policy_name(value)
         if name is not None:
             named.append((name, params))
@@ -697,7 +824,13 @@ def _parse_policies(fields: _Fields) -> _Policies:
             numeric.append((value, params))
         else:
             _ignore(_RATELIMIT_POLICY, value, "unrecognised member")
-    return named, numeric
+            clean = False
+    policies = (tuple(named), tuple(numeric))
+    if clean:
+        if len(_POLICY_CACHE) >= _POLICY_CACHE_SIZE:
+            _POLICY_CACHE.clear()
+        _POLICY_CACHE[raw] = policies
+    return policies
 
 
 # --------------------------------------------------------------------------------------------
@@ -706,6 +839,8 @@ def _parse_policies(fields: _Fields) -> _Policies:
 
 def _ietf_structured(fields: _Fields, now: float) -> _Quota | None:
     named_policies, _ = fields.policies()
+    if not named_policies and fields.values(_RATELIMIT) is None:
+        return None  # e.g. only older numeric policies: nothing of this family
     policies = _unique_by_name(
         _RATELIMIT_POLICY,
         [
@@ -748,10 +883,12 @@ def _ietf_structured(fields: _Fields, now: float) -> _Quota | None:
 
 
 def _ietf_older(fields: _Fields, now: float) -> _Quota | None:
-    dictionary = fields.ratelimit().dictionary
-    limit = _sf_number(_RATELIMIT, dictionary.get("limit"))
-    remaining = _sf_number(_RATELIMIT, dictionary.get("remaining"))
-    reset = _sf_reset(_RATELIMIT, dictionary["reset"], now) if "reset" in dictionary else None
+    limit = remaining = reset = None
+    if fields.values(_RATELIMIT) is not None:
+        dictionary = fields.ratelimit().dictionary
+        limit = _sf_number(_RATELIMIT, dictionary.get("limit"))
+        remaining = _sf_number(_RATELIMIT, dictionary.get("remaining"))
+        reset = _sf_reset(_RATELIMIT, dictionary["reset"], now) if "reset" in dictionary else None
 
     # Quota policies: RateLimit-Policy: 100;w=60, 1000;w=3600 ("window=" in the earliest drafts).
     _, numeric_policies = fields.policies()
@@ -766,15 +903,15 @@ def _ietf_older(fields: _Fields, now: float) -> _Quota | None:
             members = _sf_members(_sf_parse(_RATELIMIT_LIMIT[0], joined, "list"))
             if members and _is_numeric(members[0][0]):
                 limit = _sf_number(_RATELIMIT_LIMIT[0], members[0][0])
-                numeric_policies = members[1:] + numeric_policies
+                numeric_policies = (*members[1:], *numeric_policies)
             elif members:
                 _ignore(_RATELIMIT_LIMIT[0], joined)
         else:
-            limit = _number(fields.single(_RATELIMIT_LIMIT))
+            limit = fields.number(_RATELIMIT_LIMIT)
     if remaining is None:
-        remaining = _number(fields.single(_RATELIMIT_REMAINING))
+        remaining = fields.number(_RATELIMIT_REMAINING)
     if reset is None:
-        reset = _reset(fields.single(_RATELIMIT_RESET), now)
+        reset = fields.reset(_RATELIMIT_RESET, now)
 
     for value, params in numeric_policies:
         quota = _sf_number(_RATELIMIT_POLICY, value)
@@ -794,9 +931,9 @@ def _openai(fields: _Fields, now: float) -> _Quota | None:
     # Requests are the primary limit; tokens only when no request header says anything.
     for limit, remaining, reset in _OPENAI_GROUPS:
         quota = _Quota(
-            limit=_number(fields.single(limit)),
-            remaining=_number(fields.single(remaining)),
-            reset_after=_duration(fields.single(reset)),
+            limit=fields.number(limit),
+            remaining=fields.number(remaining),
+            reset_after=fields.duration(reset),
         )
         if quota.known:
             return quota
@@ -806,9 +943,9 @@ def _openai(fields: _Fields, now: float) -> _Quota | None:
 def _anthropic(fields: _Fields, now: float) -> _Quota | None:
     for limit, remaining, reset in _ANTHROPIC_GROUPS:
         quota = _Quota(
-            limit=_number(fields.single(limit)),
-            remaining=_number(fields.single(remaining)),
-            reset_after=_reset(fields.single(reset), now),
+            limit=fields.number(limit),
+            remaining=fields.number(remaining),
+            reset_after=fields.reset(reset, now),
         )
         if quota.known:
             return quota
@@ -833,13 +970,21 @@ def _shopify(fields: _Fields, now: float) -> _Quota | None:
 
 
 def _x_ratelimit(fields: _Fields, now: float) -> _Quota | None:
-    limit = _number(fields.single(_X_LIMIT))
-    remaining = _number(fields.single(_X_REMAINING))
-    used = _number(fields.single(_X_USED))
+    # Both spellings at once are merged (and conflicts dropped) field by field; one alone (the
+    # usual) is read under its own names, which reads the same.
+    if _X_NAMES_BY_PREFIX[1].isdisjoint(fields.names()):
+        limit_name, remaining_name, used_name, reset_after_name, reset_name = _X_FIELDS_BY_PREFIX[0]
+    elif _X_NAMES_BY_PREFIX[0].isdisjoint(fields.names()):
+        limit_name, remaining_name, used_name, reset_after_name, reset_name = _X_FIELDS_BY_PREFIX[1]
+    else:
+        limit_name, remaining_name, used_name, reset_after_name, reset_name = _X_FIELDS
+    limit = fields.number(limit_name)
+    remaining = fields.number(remaining_name)
+    used = fields.number(used_name)
     # Discord's Reset-After (seconds, relative) is immune to clock skew: prefer it.
-    reset = _number(fields.single(_X_RESET_AFTER))
+    reset = fields.number(reset_after_name)
     if reset is None:
-        reset = _reset(fields.single(_X_RESET), now)
+        reset = fields.reset(reset_name, now)
     if used is not None:
         if limit is None and remaining is not None:
             limit = _sane("x-ratelimit-used", used, used + remaining)

@@ -16,7 +16,8 @@ except ImportError:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("httpx", "httpx", "ratesync_http.RateLimitedTransport") from None
 
 from ._config import EndpointRule, HttpConfig, HttpRule
-from ._policy import EXTENSION, HttpMetrics, HttpPolicy, make_policy, parse_control
+from ._headers import RateLimitLines, rate_limit_lines, rate_limit_lines_raw
+from ._policy import EXTENSION, NO_CONTROL, Control, HttpMetrics, HttpPolicy, Plan, make_policy, parse_control
 from ._runtime import Permit, aacquire, acquire, alearn, await_gate, learn, wait_gate_sync
 
 __all__ = ["RateLimitedTransport"]
@@ -28,6 +29,30 @@ def _authority(url: httpx.URL) -> str:
         host = f"[{host}]"
     port = url.port  # None when it is the scheme's default
     return host if port is None else f"{host}:{port}"
+
+
+def _lines(headers: httpx.Headers) -> RateLimitLines:
+    """The rate-limit lines of a response, read from the raw bytes when they allow it (no decoding)."""
+    lines = rate_limit_lines_raw(headers.raw)
+    return lines if lines is not None else rate_limit_lines(headers)
+
+
+def _plan(policy: HttpPolicy, request: httpx.Request) -> tuple[Plan, Control]:
+    raw = request.extensions.get(EXTENSION)
+    url = request.url
+    method = request.method
+    authority = _authority(url)
+    if raw is None:
+        plan = policy.cached_plan(method, authority)
+        if plan is None:
+            plan = policy.plan(method, authority, url.path)
+        return plan, NO_CONTROL
+    control = parse_control(raw)
+    return policy.plan(method, authority, url.path, control), control
+
+
+def _retries(policy: HttpPolicy, request: httpx.Request, replayable: bool, control: Control) -> int:
+    return policy.retries_for(request.method, "idempotency-key" in request.headers, replayable, control)
 
 
 class _LeasedStream(httpx.SyncByteStream):
@@ -189,18 +214,16 @@ class RateLimitedTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         policy = self.policy
         policy.requests += 1
-        control = parse_control(request.extensions.get(EXTENSION))
-        url = request.url
-        plan = policy.plan(request.method, _authority(url), url.path, control)
+        plan, control = _plan(policy, request)
         inner = self._sync_inner()
         if plan.passthrough:
             policy.sent += 1
             return inner.handle_request(request)
         if control.skip:
             policy.skipped += 1
-        retries = policy.retries_for(
-            request.method, "idempotency-key" in request.headers, isinstance(request.stream, httpx.ByteStream), control
-        )
+        # Told before sending: a transport that reads the body replaces the stream with a ByteStream.
+        replayable = isinstance(request.stream, httpx.ByteStream)
+        retries = -1  # worked out at the first response worth sending again
         attempt = 0
         while True:
             probing = False if control.skip else wait_gate_sync(policy, plan)
@@ -212,8 +235,7 @@ class RateLimitedTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
                     permit.release()
                     raise
                 try:
-                    headers = response.headers
-                    verdict = learn(policy, plan, response.status_code, headers, headers.keys(), attempt)
+                    verdict = learn(policy, plan, response.status_code, _lines(response.headers), attempt)
                 except BaseException:
                     try:
                         response.close()
@@ -223,6 +245,8 @@ class RateLimitedTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
             finally:
                 if probing:
                     policy.probe_exit(plan)
+            if verdict.retry and retries < 0:
+                retries = _retries(policy, request, replayable, control)
             if verdict.retry and attempt < retries and (plan.timeout is None or verdict.wait <= plan.timeout):
                 try:
                     response.close()
@@ -248,18 +272,16 @@ class RateLimitedTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         policy = self.policy
         policy.requests += 1
-        control = parse_control(request.extensions.get(EXTENSION))
-        url = request.url
-        plan = policy.plan(request.method, _authority(url), url.path, control)
+        plan, control = _plan(policy, request)
         inner = self._async_inner()
         if plan.passthrough:
             policy.sent += 1
             return await inner.handle_async_request(request)
         if control.skip:
             policy.skipped += 1
-        retries = policy.retries_for(
-            request.method, "idempotency-key" in request.headers, isinstance(request.stream, httpx.ByteStream), control
-        )
+        # Told before sending: a transport that reads the body replaces the stream with a ByteStream.
+        replayable = isinstance(request.stream, httpx.ByteStream)
+        retries = -1  # worked out at the first response worth sending again
         attempt = 0
         while True:
             probing = False if control.skip else await await_gate(policy, plan)
@@ -271,8 +293,7 @@ class RateLimitedTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
                     await permit.arelease()
                     raise
                 try:
-                    headers = response.headers
-                    verdict = await alearn(policy, plan, response.status_code, headers, headers.keys(), attempt)
+                    verdict = await alearn(policy, plan, response.status_code, _lines(response.headers), attempt)
                 except BaseException:
                     try:
                         await response.aclose()
@@ -282,6 +303,8 @@ class RateLimitedTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
             finally:
                 if probing:
                     policy.probe_exit(plan)
+            if verdict.retry and retries < 0:
+                retries = _retries(policy, request, replayable, control)
             if verdict.retry and attempt < retries and (plan.timeout is None or verdict.wait <= plan.timeout):
                 try:
                     await response.aclose()

@@ -39,6 +39,7 @@ from ._headers import RateLimitInfo
 from ._routing import Route, Router
 
 __all__ = [
+    "ALWAYS_PARSE",
     "IDEMPOTENT_METHODS",
     "RETRY_STATUSES",
     "Control",
@@ -48,7 +49,6 @@ __all__ = [
     "Plan",
     "StoreCall",
     "Verdict",
-    "has_rate_limit_headers",
     "parse_control",
 ]
 
@@ -58,16 +58,8 @@ logger = logging.getLogger("ratesync_http")
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 #: Statuses answered by waiting and sending again.
 RETRY_STATUSES = frozenset({429, 503})
-#: Statuses whose headers are parsed even when no rate-limit header name is present.
-_ALWAYS_PARSE = frozenset({403, 429, 503})
-_HEADER_PREFIXES = (
-    "ratelimit",
-    "x-ratelimit",
-    "x-rate-limit",
-    "retry-after",
-    "anthropic-ratelimit",
-    "x-shopify-shop-api-call-limit",
-)
+#: Statuses whose headers are parsed even when no rate-limit header is present.
+ALWAYS_PARSE = frozenset({403, 429, 503})
 #: The ``request.extensions`` key (httpx) holding per-request control.
 EXTENSION = "ratesync"
 CONTROL_KEYS = frozenset({"skip", "limiter", "key", "cost", "timeout", "retries", "learn"})
@@ -82,11 +74,6 @@ TAIL_GUARD_MAX = 0.25
 def tail_guard(window: float | None) -> float:
     """Seconds before a learned reset in which the rest of the window is not spent."""
     return min(TAIL_GUARD_MAX, 0.1 * (window if window is not None else 1.0))
-
-
-def has_rate_limit_headers(names: Iterable[str]) -> bool:
-    """Whether any of these (lower-case) header names can carry rate-limit information."""
-    return any(name.startswith(_HEADER_PREFIXES) for name in names)
 
 
 # -- per-request control ---------------------------------------------------------------------
@@ -268,7 +255,10 @@ class HttpPolicy:
         self.quota_spec = Quota(max_cooldown=config.max_cooldown)
         self.router = Router(config.hosts, config.endpoints, config.default)
         self._check_limiters()
-        self._plans: dict[tuple[str, str, str | None], Plan] = {}
+        # Plans by (method, authority, None) when the path does not matter for that host and
+        # method, else by (method, authority, ids of the endpoint rules the path matched): one
+        # plan per route shape, however many distinct URLs.
+        self._plans: dict[tuple[str, str, tuple[int, ...] | None], Plan] = {}
         self._lock = threading.Lock()
         self._known: set[str] = set()
         self._heard: set[str] = set()
@@ -320,22 +310,36 @@ class HttpPolicy:
 
     # -- plans ---------------------------------------------------------------------------------
 
-    def plan(self, method: str, authority: str, path: str, control: Control = NO_CONTROL) -> Plan:
-        """The plan of one request; cached per (method, host) or (method, host, path) as routing needs."""
-        if control is NO_CONTROL:
-            key = (method, authority, path if self.router.has_endpoints(method, authority) else None)
-            cached = self._plans.get(key)
-            if cached is not None:
-                return cached
-            plan = self._build(method, authority, path, control)
-            if len(self._plans) >= _PLAN_CACHE_SIZE:
-                self._plans.clear()
-            self._plans[key] = plan
-            return plan
-        return self._build(method, authority, path, control)
+    def cached_plan(self, method: str, authority: str) -> Plan | None:
+        """The plan of a request without per-request control, when its path does not matter and it is cached.
 
-    def _build(self, method: str, authority: str, path: str, control: Control) -> Plan:
-        route = self.router.route(method, authority, path)
+        The transports try this first, so most requests never compute their path.
+        """
+        return self._plans.get((method, authority, None))
+
+    def plan(self, method: str, authority: str, path: str, control: Control = NO_CONTROL) -> Plan:
+        """The plan of one request; cached per (method, host), or per route shape when endpoint rules apply."""
+        if control is not NO_CONTROL:
+            return self._build(self.router.route(method, authority, path), authority, control)
+        route: Route | None = None
+        shape: tuple[int, ...] | None = None
+        if self.router.has_endpoints(method, authority):
+            route = self.router.route(method, authority, path)
+            # The router keeps every rule alive as long as this policy, so ids are stable keys.
+            shape = tuple(map(id, route.endpoints))
+        key = (method, authority, shape)
+        cached = self._plans.get(key)
+        if cached is not None:
+            return cached
+        if route is None:
+            route = self.router.route(method, authority, path)
+        plan = self._build(route, authority, control)
+        if len(self._plans) >= _PLAN_CACHE_SIZE:
+            self._plans.clear()
+        self._plans[key] = plan
+        return plan
+
+    def _build(self, route: Route, authority: str, control: Control) -> Plan:
         tag = f"{{http:{authority}}}"
         rules: list[tuple[str, HttpRule]] = []
         if control.limiters is not None:
@@ -413,10 +417,6 @@ class HttpPolicy:
         return "; ".join(parts) or "no rule"
 
     # -- learning and retries --------------------------------------------------------------------
-
-    def wants_headers(self, status: int, names: Iterable[str]) -> bool:
-        """Whether a response needs its headers parsed (cheap name check first)."""
-        return status in _ALWAYS_PARSE or has_rate_limit_headers(names)
 
     def observation(self, info: RateLimitInfo, status: int, attempt: int) -> Observation | None:
         """What to fold into the learned quota for a response (``None``: nothing to learn)."""

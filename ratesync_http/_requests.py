@@ -17,7 +17,8 @@ except ImportError:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("requests", "requests", "ratesync_http.RateLimitedAdapter") from None
 
 from ._config import EndpointRule, HttpConfig, HttpRule
-from ._policy import HttpMetrics, HttpPolicy, make_policy, parse_control
+from ._headers import rate_limit_lines
+from ._policy import NO_CONTROL, HttpMetrics, HttpPolicy, make_policy, parse_control
 from ._runtime import Permit, acquire, learn, wait_gate_sync
 
 __all__ = ["RateLimitedAdapter", "RateLimitedSession"]
@@ -189,19 +190,23 @@ class RateLimitedAdapter(HTTPAdapter):
         """Wait for a permit, send, learn from the response, retry a 429/503 when allowed."""
         policy = self.policy
         policy.requests += 1
-        control = parse_control(_CONTROL.get())
+        raw_control = _CONTROL.get()
         method = (request.method or "GET").upper()
         authority, path = _authority_and_path(request.url or "")
-        plan = policy.plan(method, authority, path, control)
+        if raw_control is None:
+            control = NO_CONTROL
+            plan = policy.cached_plan(method, authority) or policy.plan(method, authority, path)
+        else:
+            control = parse_control(raw_control)
+            plan = policy.plan(method, authority, path, control)
         if plan.passthrough:
             policy.sent += 1
             return self._send_once(request, stream, timeout, verify, cert, proxies)
         if control.skip:
             policy.skipped += 1
         body = request.body
-        retries = policy.retries_for(
-            method, "Idempotency-Key" in request.headers, body is None or isinstance(body, bytes | str), control
-        )
+        replayable = body is None or isinstance(body, bytes | str)
+        retries = -1  # worked out at the first response worth sending again
         attempt = 0
         while True:
             probing = False if control.skip else wait_gate_sync(policy, plan)
@@ -213,9 +218,7 @@ class RateLimitedAdapter(HTTPAdapter):
                     permit.release()
                     raise
                 try:
-                    headers = response.headers
-                    names = [k.lower() for k in headers]
-                    verdict = learn(policy, plan, response.status_code, headers, names, attempt)
+                    verdict = learn(policy, plan, response.status_code, rate_limit_lines(response.headers), attempt)
                 except BaseException:
                     try:
                         response.close()
@@ -225,6 +228,8 @@ class RateLimitedAdapter(HTTPAdapter):
             finally:
                 if probing:
                     policy.probe_exit(plan)
+            if verdict.retry and retries < 0:
+                retries = policy.retries_for(method, "Idempotency-Key" in request.headers, replayable, control)
             if verdict.retry and attempt < retries and (plan.timeout is None or verdict.wait <= plan.timeout):
                 try:
                     response.close()

@@ -13,16 +13,15 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from ratesync import RateLimitTimeout
 from ratesync._limiter import LEASE_POLL_SECONDS, _new_lease_id
 
-from ._headers import RateLimitInfo, parse_rate_limit_headers
-from ._policy import HttpPolicy, LeaseSpec, Plan, Verdict
+from ._headers import RateLimitInfo, RateLimitLines, parse_lines
+from ._policy import ALWAYS_PARSE, HttpPolicy, LeaseSpec, Plan, Verdict
 
-__all__ = ["Permit", "aacquire", "acquire", "alearn", "learn"]
+__all__ = ["NO_PERMIT", "Permit", "aacquire", "acquire", "alearn", "learn"]
 
 logger = logging.getLogger("ratesync_http")
 
@@ -34,11 +33,11 @@ class Permit:
 
     __slots__ = ("_leases", "_policy", "_released")
 
-    def __init__(self, policy: HttpPolicy, leases: list[tuple[LeaseSpec, str]]) -> None:
+    def __init__(self, policy: HttpPolicy | None, leases: list[tuple[LeaseSpec, str]]) -> None:
         self._policy = policy
         self._leases = leases
         self._released = not leases
-        if leases:
+        if leases and policy is not None:
             policy.leases_held += 1
 
     @property
@@ -49,26 +48,32 @@ class Permit:
         if self._released:
             return
         self._released = True
-        self._policy.leases_held -= 1
+        policy = self._policy
+        assert policy is not None  # only the shared NO_PERMIT has none, and it is born released
+        policy.leases_held -= 1
         for spec, lease_id in self._leases:
             try:
                 spec.store.lease_release(spec.key, lease_id)
             finally:
-                self._policy.waiters(spec.key).notify()
+                policy.waiters(spec.key).notify()
 
     async def arelease(self) -> None:
         if self._released:
             return
         self._released = True
-        self._policy.leases_held -= 1
+        policy = self._policy
+        assert policy is not None
+        policy.leases_held -= 1
         for spec, lease_id in self._leases:
             try:
                 await asyncio.shield(spec.store.alease_release(spec.key, lease_id))
             finally:
-                self._policy.waiters(spec.key).notify()
+                policy.waiters(spec.key).notify()
 
 
-NO_PERMIT_LEASES: list[tuple[LeaseSpec, str]] = []
+#: The permit of every request that holds no lease (most of them): nothing to give back, so one
+#: immutable instance serves them all.
+NO_PERMIT = Permit(None, [])
 
 
 def _timed_out(policy: HttpPolicy, plan: Plan, wait: float, timeout: float | None) -> RateLimitTimeout:
@@ -113,7 +118,7 @@ def acquire(policy: HttpPolicy, plan: Plan, cost: int, sleep: Callable[[float], 
             policy.record_wait(wait)
             sleep(wait)
     if not plan.leases:
-        return Permit(policy, NO_PERMIT_LEASES)
+        return NO_PERMIT
     return Permit(policy, _leases_sync(policy, plan, timeout))
 
 
@@ -148,16 +153,20 @@ def _leases_sync(policy: HttpPolicy, plan: Plan, timeout: float | None) -> list[
     return held
 
 
-def _info(policy: HttpPolicy, status: int, headers: Any, names: Iterable[str]) -> RateLimitInfo | None:
-    if not policy.wants_headers(status, names):
+def _info(status: int, lines: RateLimitLines) -> RateLimitInfo | None:
+    """What a response says, or None when it has nothing to say (no rate-limit header, a plain status)."""
+    if not lines and status not in ALWAYS_PARSE:
         return None
-    return parse_rate_limit_headers(headers, status=status)
+    return parse_lines(lines, status=status)
 
 
-def learn(policy: HttpPolicy, plan: Plan, status: int, headers: Any, names: Iterable[str], attempt: int) -> Verdict:
-    """Fold a response's rate-limit headers into the store; decide on a retry."""
+def learn(policy: HttpPolicy, plan: Plan, status: int, lines: RateLimitLines, attempt: int) -> Verdict:
+    """Fold a response's rate-limit headers (``lines``, see ``rate_limit_lines``) into the store; decide on a retry.
+
+    At most one store call: the observation, only when the response taught something.
+    """
     policy.record_status(status)
-    info = _info(policy, status, headers, names)
+    info = _info(status, lines)
     stored = False
     if info is not None and plan.quota_key is not None:
         obs = policy.observation(info, status, attempt)
@@ -208,7 +217,7 @@ async def aacquire(policy: HttpPolicy, plan: Plan, cost: int, sleep: Callable[[f
             policy.record_wait(wait)
             await sleep(wait)
     if not plan.leases:
-        return Permit(policy, NO_PERMIT_LEASES)
+        return NO_PERMIT
     return Permit(policy, await _leases_async(policy, plan, timeout))
 
 
@@ -249,12 +258,10 @@ async def _leases_async(policy: HttpPolicy, plan: Plan, timeout: float | None) -
     return held
 
 
-async def alearn(
-    policy: HttpPolicy, plan: Plan, status: int, headers: Any, names: Iterable[str], attempt: int
-) -> Verdict:
+async def alearn(policy: HttpPolicy, plan: Plan, status: int, lines: RateLimitLines, attempt: int) -> Verdict:
     """Async twin of :func:`learn`."""
     policy.record_status(status)
-    info = _info(policy, status, headers, names)
+    info = _info(status, lines)
     stored = False
     if info is not None and plan.quota_key is not None:
         obs = policy.observation(info, status, attempt)

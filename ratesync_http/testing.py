@@ -23,8 +23,11 @@ from typing import Literal
 __all__ = ["HeaderStyle", "LocalUpstream", "UpstreamStats"]
 
 #: Which rate-limit headers the upstream sends: IETF draft ``RateLimit-*`` (with a decimal reset
-#: and ``RateLimit-Policy``), ``X-RateLimit-*`` (``Reset-After`` in decimal seconds, as Discord), or none.
-HeaderStyle = Literal["ietf", "x-ratelimit", "none"]
+#: and ``RateLimit-Policy``), ``X-RateLimit-*`` (``Reset-After`` in decimal seconds, as Discord),
+#: GitHub's ``X-RateLimit-*`` (``Used``, ``Resource`` and ``Reset`` in epoch seconds), the IETF
+#: structured fields of draft -08 and later (``RateLimit: "default";r=..;t=..`` with
+#: ``RateLimit-Policy: "default";q=..;w=..``), or none.
+HeaderStyle = Literal["ietf", "x-ratelimit", "github", "ietf-structured", "none"]
 
 
 class _Server(ThreadingHTTPServer):
@@ -194,6 +197,16 @@ class LocalUpstream:
             headers["X-RateLimit-Limit"] = str(self.limit)
             headers["X-RateLimit-Remaining"] = str(remaining)
             headers["X-RateLimit-Reset-After"] = reset_text
+        elif self.header_style == "github":
+            # Epoch seconds, rounded up: the wall clock, whatever clock counts the windows.
+            headers["X-RateLimit-Limit"] = str(self.limit)
+            headers["X-RateLimit-Remaining"] = str(remaining)
+            headers["X-RateLimit-Used"] = str(self.limit - remaining)
+            headers["X-RateLimit-Reset"] = str(math.ceil(time.time() + reset))
+            headers["X-RateLimit-Resource"] = "core"
+        elif self.header_style == "ietf-structured":
+            headers["RateLimit-Policy"] = f'"default";q={self.limit};w={math.ceil(self.window)}'
+            headers["RateLimit"] = f'"default";r={remaining};t={math.ceil(reset)}'
         if not allowed and self.retry_after:
             headers["Retry-After"] = str(max(1, math.ceil(reset)))
         return allowed, headers

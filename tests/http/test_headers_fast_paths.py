@@ -11,13 +11,17 @@ from decimal import Decimal
 from typing import Any
 
 import http_sf
+import httpx
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ratesync_http import _headers
+from ratesync_http._headers import parse_rate_limit_headers
 
 pytestmark = pytest.mark.http
+
+NOW = 1_700_000_000.0
 
 
 def canon(value: Any) -> Any:
@@ -199,3 +203,65 @@ def test_single_value_fast_path_matches_the_merged_reading(pairs: list[tuple[str
     fields = _headers._Fields(_headers._collect(pairs))
     for names in (_headers._X_REMAINING, _headers._X_LIMIT, (_headers._RETRY_AFTER,), (_headers._RATELIMIT,)):
         assert fields.single(names) == (fields._merged(names) if fields.lines(names) else None)
+
+
+# -- the transports' split parse: lines first, then the parse ------------------------------------
+
+raw_names = st.one_of(
+    st.sampled_from(["X-RateLimit-Remaining", "x-ratelimit-limit", "RateLimit", "ratelimit-policy", "Retry-After"]),
+    st.sampled_from(["Server", "Content-Type", " X-RateLimit-Remaining", "X-RateLimit-Remaining\t"]),
+    st.sampled_from(["x-ratelimit-limit-to\u212aens", "Ratelimit-Remaining\u00e9"]),  # KELVIN SIGN lowers to "k"
+    st.text(max_size=12),
+)
+raw_values = st.one_of(
+    st.sampled_from(["5", " 5 ", "5, 6", '"default";r=5;t=2', "caf\u00e9", "\u20ac", ""]),
+    st.text(max_size=12),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(raw_names, raw_values), max_size=6), st.sampled_from(["utf-8", "latin-1"]))
+def test_raw_lines_are_the_general_lines(pairs: list[tuple[str, str]], encoding: str) -> None:
+    encoded = []
+    for name, value in pairs:
+        try:
+            encoded.append((name.encode(encoding), value.encode(encoding)))
+        except UnicodeEncodeError:
+            continue
+    headers = httpx.Headers(encoded)
+    fast = _headers.rate_limit_lines_raw(headers.raw)
+    if fast is not None:
+        assert fast == _headers.rate_limit_lines(headers)
+    if all(name.isascii() and name == name.strip(" \t") for name, _ in pairs):
+        values = [value for name, value in pairs if name.lower() in _headers._KNOWN_NAMES]
+        if all(value.isascii() for value in values):
+            assert fast is not None  # plain headers never need the general reading
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(raw_names, raw_values), max_size=6), st.sampled_from([200, 403, 429, 503]))
+def test_parse_of_lines_is_the_parse_of_headers(pairs: list[tuple[str, str]], status: int) -> None:
+    lines = _headers.rate_limit_lines(pairs)
+    assert set(lines) <= _headers._KNOWN_NAMES
+    assert _headers.parse_lines(lines, status=status, now=NOW) == parse_rate_limit_headers(
+        pairs, status=status, now=NOW
+    )
+
+
+def test_raw_lines_of_a_typical_response() -> None:
+    headers = httpx.Headers(
+        [
+            (b"Content-Type", b"application/json"),
+            (b"X-RateLimit-Limit", b"5000"),
+            (b"X-RateLimit-Remaining", b" 4999 "),
+            (b"x-ratelimit-remaining", b"4999"),
+            (b"X-RateLimit-Resource", b"core"),
+        ]
+    )
+    assert _headers.rate_limit_lines_raw(headers.raw) == {
+        "x-ratelimit-limit": ["5000"],
+        "x-ratelimit-remaining": ["4999", "4999"],
+    }
+    assert _headers.rate_limit_lines_raw(httpx.Headers({"Server": "x"}).raw) == {}
+    # A non-ASCII rate-limit value is decoded by the general reading, as httpx decodes it.
+    assert _headers.rate_limit_lines_raw(httpx.Headers([(b"RateLimit", "\u20ac".encode())]).raw) is None
