@@ -56,10 +56,17 @@ def delete_prefix(store: ratesync.Store) -> None:
     assert isinstance(store, RedisStore)
     client = store._sync().client
     if store.cluster:
+        import redis
+
         for node in client.get_primaries():
-            conn = client.get_redis_connection(node)
-            for key in conn.scan_iter(match=f"{store.key_prefix}*", count=1000):
-                conn.delete(key)
+            # A client of our own per node, closed here: the cluster client's per-node clients
+            # would keep their sockets open past the store's close().
+            conn = redis.Redis(host=node.host, port=node.port)
+            try:
+                for key in conn.scan_iter(match=f"{store.key_prefix}*", count=1000):
+                    conn.delete(key)
+            finally:
+                conn.close()
         return
     keys = list(client.scan_iter(match=f"{store.key_prefix}*", count=1000))
     if keys:
