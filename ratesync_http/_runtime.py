@@ -19,7 +19,7 @@ from ratesync import RateLimitTimeout
 from ratesync._limiter import LEASE_POLL_SECONDS, _new_lease_id
 
 from ._headers import RateLimitInfo, RateLimitLines, parse_lines
-from ._policy import ALWAYS_PARSE, HttpPolicy, LeaseSpec, Plan, Verdict
+from ._policy import ALWAYS_PARSE, NO_RETRY, RETRY_STATUSES, HttpPolicy, LeaseSpec, Plan, Verdict
 
 __all__ = ["NO_PERMIT", "Permit", "aacquire", "acquire", "alearn", "learn"]
 
@@ -178,6 +178,8 @@ def learn(policy: HttpPolicy, plan: Plan, status: int, lines: RateLimitLines, at
             except Exception as exc:  # learning must never fail the caller's request
                 logger.debug("rate-sync: could not record what %s said: %s", plan.label, exc)
     policy.heard(plan, stored)
+    if status not in RETRY_STATUSES:
+        return NO_RETRY  # the usual answer, without a call
     return policy.verdict(info, status, attempt, stored)
 
 
@@ -273,4 +275,6 @@ async def alearn(policy: HttpPolicy, plan: Plan, status: int, lines: RateLimitLi
             except Exception as exc:  # learning must never fail the caller's request
                 logger.debug("rate-sync: could not record what %s said: %s", plan.label, exc)
     policy.heard(plan, stored)
+    if status not in RETRY_STATUSES:
+        return NO_RETRY  # the usual answer, without a call
     return policy.verdict(info, status, attempt, stored)
