@@ -346,6 +346,17 @@ def _collect(headers: object) -> RateLimitLines:
         return lines
     known = _KNOWN_NAMES
     for pair in pairs:
+        if type(pair) is tuple and len(pair) == 2:
+            name, value = pair
+            if type(name) is str and type(value) is str:  # the usual: no checks beyond these
+                key = name.strip(_OWS).lower()
+                if key in known:
+                    values = lines.get(key)
+                    if values is None:
+                        lines[key] = [value.strip(_OWS)]
+                    else:
+                        values.append(value.strip(_OWS))
+                continue
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             _ignore("(pair)", pair, "non-pair")
             continue

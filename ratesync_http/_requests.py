@@ -29,7 +29,21 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 _CONTROL: contextvars.ContextVar[Any] = contextvars.ContextVar("ratesync_http_control", default=None)
 
 
+_AUTHORITY_CACHE: dict[str, tuple[str, str]] = {}
+_AUTHORITY_CACHE_SIZE = 4096
+
+
 def _authority_and_path(url: str) -> tuple[str, str]:
+    # Most programs ask the same few URLs again and again: split each once (bounded).
+    hit = _AUTHORITY_CACHE.get(url)
+    if hit is None:
+        if len(_AUTHORITY_CACHE) >= _AUTHORITY_CACHE_SIZE:
+            _AUTHORITY_CACHE.clear()
+        hit = _AUTHORITY_CACHE[url] = _split(url)
+    return hit
+
+
+def _split(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
     host = (parts.hostname or "").rstrip(".")
     if ":" in host:

@@ -170,3 +170,15 @@ def test_local_upstream_without_headers() -> None:
     with LocalUpstream(limit=100, headers="none") as upstream, httpx.Client() as client:
         response = client.get(upstream.url)
     assert rate_limit_lines(response.headers) == {}
+
+
+def test_requests_urls_are_split_once_and_the_cache_is_bounded() -> None:
+    from ratesync_http import _requests
+
+    assert _requests._authority_and_path("https://API.example.com:443/a?b=1") == ("api.example.com", "/a")
+    assert _requests._authority_and_path("http://127.0.0.1:8080") == ("127.0.0.1:8080", "/")
+    url = "http://[::1]:9000/x"
+    assert _requests._authority_and_path(url) is _requests._authority_and_path(url)  # cached
+    for i in range(5000):
+        _requests._authority_and_path(f"https://h{i}.example.com/")
+    assert 0 < len(_requests._AUTHORITY_CACHE) <= 4096
