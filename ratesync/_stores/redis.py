@@ -79,6 +79,8 @@ SCRIPT_PARTS: Final = {
     "acquire": ("prelude", "algorithms", "state", "acquire"),
     "observe": ("prelude", "state", "observe"),
     "lease_acquire": ("prelude", "lease_acquire"),
+    # Standalone: the hot path (one token bucket, acquire) inlined, see the script's header.
+    "token_bucket": ("token_bucket",),
 }
 
 
@@ -193,12 +195,14 @@ class _Call:
 class _Prepared:
     """The keys and spec arguments of one slot tuple, and its packed calls."""
 
-    __slots__ = ("args", "batch", "calls", "keys", "slots")
+    __slots__ = ("args", "batch", "calls", "keys", "single_bucket", "slots")
 
     def __init__(self, slots: Sequence[Slot], keys: tuple[str, ...], args: tuple[bytes, ...]) -> None:
         self.slots = slots
         self.keys = keys
         self.args = args
+        #: One token bucket: an acquire runs the standalone script (token_bucket.lua).
+        self.single_bucket = len(slots) == 1 and isinstance(slots[0][1], TokenBucket)
         self.calls: dict[tuple[int, float, bytes], _Call] = {}
         #: Where async callers queue while a call for these keys is in flight.
         self.batch: _Batch | None = None
@@ -386,7 +390,18 @@ class _AsyncPool(redis.asyncio.ConnectionPool):
 class _Side:
     """One client (sync, or async on one event loop) and its script objects."""
 
-    __slots__ = ("_init_lock", "acquire", "client", "gate", "lease", "loop", "observe", "pool", "ready")
+    __slots__ = (
+        "_init_lock",
+        "acquire",
+        "client",
+        "gate",
+        "lease",
+        "loop",
+        "observe",
+        "pool",
+        "ready",
+        "token_bucket",
+    )
 
     def __init__(self, client: Any, loop: asyncio.AbstractEventLoop | None = None, gate: int = 0) -> None:
         self.client = client
@@ -397,6 +412,7 @@ class _Side:
         self.acquire = client.register_script(script_source("acquire"))
         self.observe = client.register_script(script_source("observe"))
         self.lease = client.register_script(script_source("lease_acquire"))
+        self.token_bucket = client.register_script(script_source("token_bucket"))
         # The async cluster client needs two guards: it raises instead of waiting when a node's
         # pool is exhausted (so calls in flight on this loop are bounded by the pool size), and
         # concurrent first calls each start their own topology discovery, replacing nodes under
@@ -655,7 +671,7 @@ class RedisStore(Store):
 
     def _run(self, prepared: _Prepared, cost: int, max_wait: float, mode: bytes) -> Any:
         side = self._sync_side or self._sync()
-        script = side.acquire
+        script = side.token_bucket if prepared.single_bucket and mode is _ACQUIRE else side.acquire
         pool = side.pool
         if pool is None:
             return script(prepared.keys, _call_args(cost, max_wait, mode, prepared.args))
@@ -674,7 +690,7 @@ class RedisStore(Store):
 
     async def _arun(self, prepared: _Prepared, cost: int, max_wait: float, mode: bytes) -> Any:
         side = self._async()
-        script = side.acquire
+        script = side.token_bucket if prepared.single_bucket and mode is _ACQUIRE else side.acquire
         pool = side.pool
         if pool is None:
             return await self._gated(

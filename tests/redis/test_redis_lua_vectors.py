@@ -64,6 +64,7 @@ class Lua:
     observe: Any
     lease: Any
     decode: Any
+    token_bucket: Any
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +80,7 @@ def lua() -> Iterator[Lua]:
             client.register_script(script_source("observe")),
             client.register_script(script_source("lease_acquire")),
             client.register_script(_lib_plus(DECODE)),
+            client.register_script(script_source("token_bucket")),
         )
     finally:
         keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
@@ -113,6 +115,10 @@ class Pair:
         self.spec_args: list[bytes] = []
         for _, spec in self.slots:
             self.spec_args.extend(_spec_args(spec))
+        # One token bucket: the store runs token_bucket.lua for its acquires. It runs here on keys
+        # of its own beside acquire.lua, and must give the same reply, field for field.
+        self.single_bucket = len(specs) == 1 and isinstance(specs[0], TokenBucket)
+        self.bucket_keys = [f"{key}:tb" for key in self.keys]
 
     def acquire(self, cost: int, max_wait: float, *, peek: bool = False) -> tuple[Decision, Decision]:
         if peek:
@@ -123,6 +129,14 @@ class Pair:
         args = [clock_arg(self.now, self.relative), str(cost), fl(max_wait), mode, *self.spec_args]
         r = self.lua.acquire(keys=self.keys, args=args)
         got = Decision(r[0] == 1, float(r[1]), float(r[2]), float(r[3]), float(r[4]))
+        if self.single_bucket and not peek:
+            fast = self.lua.token_bucket(keys=self.bucket_keys, args=args)
+            assert fast == r, (fast, r)
+            stored = self.lua.client.get(self.bucket_keys[0])
+            assert stored == self.lua.client.get(self.keys[0])
+            if stored is not None:
+                # The same expiry too (to the millisecond, both counted from the same clock).
+                assert abs(self.lua.client.pttl(self.bucket_keys[0]) - self.lua.client.pttl(self.keys[0])) <= 50
         return ref, got
 
     def batch(self, calls: Sequence[tuple[int, float]]) -> list[tuple[Decision, Decision]]:
@@ -133,6 +147,8 @@ class Pair:
             args += [str(cost), fl(max_wait)]
         r = self.lua.acquire(keys=self.keys, args=args)
         assert float(r[0]) == pytest.approx(self.now, abs=TOL)
+        if self.single_bucket:  # batches run acquire.lua on the fast script's keys too, as the store does
+            assert self.lua.acquire(keys=self.bucket_keys, args=args) == r
         got = [
             Decision(r[i] == 1, float(r[i + 1]), float(r[i + 2]), float(r[i + 3]), float(r[i + 4]))
             for i in range(1, len(r), 5)
@@ -414,6 +430,11 @@ def test_keys_expire_with_their_state(lua: Lua) -> None:
             assert 0 < pttl <= 86400_000
         else:
             assert expected * 1000 - 250 <= pttl <= expected * 1000 + 1
+        if isinstance(spec, TokenBucket):  # the standalone script, on the server's clock too
+            fast_key = key + ":tb"
+            assert lua.token_bucket(keys=[fast_key], args=["", "1", "0", "a", *_spec_args(spec)])[0] == 1
+            assert expected is not None and expected * 1000 - 250 <= lua.client.pttl(fast_key) <= expected * 1000 + 1
+            assert abs(float(lua.client.get(fast_key)) - float(lua.client.get(key))) < 0.25
     # A refused call writes nothing; an all-expired state reads as nothing.
     key = lua.prefix + f"{{ttl-{uuid.uuid4().hex[:8]}}}#0"
     args = ["1000.0", "1", "0", "a", *_spec_args(TokenBucket(1.0, 1))]
@@ -433,6 +454,12 @@ def test_algorithm_change_reads_as_no_state(lua: Lua) -> None:
     lua.client.hset(key + "x", "r", "12")
     r = lua.acquire(keys=[key + "x"], args=["10.0", "1", "0", "a", *_spec_args(TokenBucket(1.0, 2))])
     assert r[0] == 1 and float(r[2]) == 1.0
+    # The same for the standalone token bucket script: any other layout or type reads as no state.
+    for spec in specs[1:4]:
+        other = lua.prefix + f"{{chg-{uuid.uuid4().hex[:8]}}}#0"
+        assert lua.acquire(keys=[other], args=["10.0", "1", "0", "a", *_spec_args(spec)])[0] == 1
+        r = lua.token_bucket(keys=[other], args=["10.0", "1", "0", "a", *_spec_args(TokenBucket(1.0, 2))])
+        assert r[0] == 1 and float(r[2]) == 1.0 and float(lua.client.get(other)) == 11.0
 
 
 # -- property tests ------------------------------------------------------------------------------
