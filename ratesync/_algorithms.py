@@ -399,8 +399,18 @@ def decide(
     if len(specs) == 1:
         decision, new_state = _ALGORITHMS[type(specs[0])](states[0], now, cost, specs[0], max_wait)
         return decision, [new_state]
-    first = [_ALGORITHMS[type(s)](st, now, cost, s, math.inf)[0] for st, s in zip(states, specs, strict=True)]
+    runs = [_ALGORITHMS[type(s)](st, now, cost, s, math.inf) for st, s in zip(states, specs, strict=True)]
+    first = [d for d, _ in runs]
     at = max(d.wait for d in first)
+    if at == 0.0:
+        # Every limit admits now (the usual case): the placement pass would run each algorithm
+        # again at ``now + 0.0``, the same instant, and an admitted call's decision and new state do
+        # not depend on ``max_wait``: this pass is that pass.
+        binding = min(first, key=lambda d: d.remaining)
+        return (
+            Decision(True, 0.0, binding.remaining, max(d.reset_after for d in first), binding.limit),
+            [ns for _, ns in runs],
+        )
     # ``inf``: some limit can never admit this cost; ``inf > inf + EPSILON`` is false, hence the test.
     if math.isinf(at) or at > max_wait + EPSILON:
         binding = max(first, key=lambda d: d.wait)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from ratesync._algorithms import (
     EPSILON,
+    Decision,
     FixedWindow,
     Observation,
     Quota,
@@ -331,3 +332,39 @@ def test_quota_window_of_zero_says_nothing() -> None:
     assert state is not None and state.window == 5.0  # estimated from the reset, not zero
     d, _ = quota(state, 100.0, 1, Quota())
     assert d.allowed
+
+
+def _decide_by_definition(states: Any, now: float, cost: int, specs: Any, max_wait: float) -> tuple[Any, list[Any]]:
+    """``decide`` as its docstring defines it: each limit's earliest time, then every limit placed there."""
+    algo = {TokenBucket: token_bucket, SlidingWindow: sliding_window, FixedWindow: fixed_window, Quota: quota}
+    first = [algo[type(s)](st_, now, cost, s, math.inf)[0] for st_, s in zip(states, specs)]
+    at = max(d.wait for d in first)
+    if math.isinf(at) or at > max_wait + EPSILON:
+        return None, list(states)
+    placed = [algo[type(s)](st_, now + at, cost, s, 0.0) for st_, s in zip(states, specs)]
+    binding = min((d for d, _ in placed), key=lambda d: d.remaining)
+    remaining = binding.remaining if at == 0.0 else 0.0
+    reset = max(d.reset_after for d, _ in placed) + at
+    return Decision(True, at, remaining, reset, binding.limit), [ns for _, ns in placed]
+
+
+@given(ops=steps, observe_at=st.sampled_from([None, 0, 3]))
+@settings(max_examples=200, deadline=None)
+def test_combined_admission_now_equals_the_two_pass_definition(ops: Any, observe_at: int | None) -> None:
+    # decide() skips its placement pass when every limit admits at once; the result must be the
+    # definition's, field for field and state for state, admitted now or later.
+    specs: list[Any] = [TokenBucket(2.0, 3), SlidingWindow(4, 5.0), FixedWindow(5, 7.0), Quota()]
+    states: list[Any] = [None, None, None, None]
+    now = 0.0
+    for i, (step, cost, max_wait) in enumerate(ops):
+        now += step
+        if i == observe_at:
+            states[3] = quota_observe(states[3], now, Observation(remaining=2, reset_after=4.0, limit=6), specs[3])
+        d, new_states = decide(states, now, min(cost, 3), specs, max_wait)
+        expected, expected_states = _decide_by_definition(states, now, min(cost, 3), specs, max_wait)
+        if expected is None:
+            assert not d.allowed and new_states == states
+            continue
+        assert d == expected
+        assert new_states == expected_states
+        states = new_states
