@@ -399,18 +399,27 @@ def decide(
     if len(specs) == 1:
         decision, new_state = _ALGORITHMS[type(specs[0])](states[0], now, cost, specs[0], max_wait)
         return decision, [new_state]
-    runs = [_ALGORITHMS[type(s)](st, now, cost, s, math.inf) for st, s in zip(states, specs, strict=True)]
-    first = [d for d, _ in runs]
-    at = max(d.wait for d in first)
+    first: list[Decision] = []
+    first_states: list[Any] = []
+    at = 0.0  # every wait is >= 0 (admitted) or inf (never): the latest of them
+    for st, s in zip(states, specs, strict=True):
+        d, ns = _ALGORITHMS[type(s)](st, now, cost, s, math.inf)
+        first.append(d)
+        first_states.append(ns)
+        if d.wait > at:
+            at = d.wait
     if at == 0.0:
         # Every limit admits now (the usual case): the placement pass would run each algorithm
         # again at ``now + 0.0``, the same instant, and an admitted call's decision and new state do
         # not depend on ``max_wait``: this pass is that pass.
-        binding = min(first, key=lambda d: d.remaining)
-        return (
-            Decision(True, 0.0, binding.remaining, max(d.reset_after for d in first), binding.limit),
-            [ns for _, ns in runs],
-        )
+        tightest = first[0]
+        latest_reset = tightest.reset_after
+        for d in first:
+            if d.remaining < tightest.remaining:  # the first of the tightest, as min() picks
+                tightest = d
+            if d.reset_after > latest_reset:
+                latest_reset = d.reset_after
+        return Decision(True, 0.0, tightest.remaining, latest_reset, tightest.limit), first_states
     # ``inf``: some limit can never admit this cost; ``inf > inf + EPSILON`` is false, hence the test.
     if math.isinf(at) or at > max_wait + EPSILON:
         binding = max(first, key=lambda d: d.wait)
