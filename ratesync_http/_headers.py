@@ -56,6 +56,7 @@ _OWS: Final = " \t"  # HTTP optional whitespace: nothing else is stripped
 # ASCII-only on purpose: int()/float() accept Arabic-Indic, fullwidth, ... digits, "nan",
 # "inf", "1e3", "1_000" and surrounding whitespace; none of that is a valid header number.
 _NUMBER_RE: Final = re.compile(r"[0-9]+(?:\.[0-9]+)?|\.[0-9]+")
+
 # Go-style durations as sent by OpenAI: "6m0s", "1s", "20ms", "1h30m", "0.5s", "1m30.5s".
 _DURATION_RE: Final = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?(?:h|ms|us|µs|ns|m|s))+")
 _DURATION_PART_RE: Final = re.compile(r"([0-9]+(?:\.[0-9]+)?)(h|ms|us|µs|ns|m|s)")
@@ -435,7 +436,9 @@ class _Fields:
         return self._merged(names)
 
     # The three readers below answer the usual case (one name, one line, a plain number in range)
-    # inline and hand anything else to the general functions, which log what they ignore.
+    # inline and hand anything else to the general functions, which log what they ignore. Most
+    # values are whole numbers: two C string checks answer before the regex (isdigit alone would
+    # admit other scripts' digits and superscripts).
 
     def number(self, names: tuple[str, ...]) -> float | None:
         """``_number(self.single(names))``."""
@@ -443,8 +446,9 @@ class _Fields:
             values = self._lines.get(names[0])
             if values is None:
                 return None
-            if len(values) == 1 and _NUMBER_RE.fullmatch(values[0]) is not None:
-                value = float(values[0])
+            text = values[0] if len(values) == 1 else ""
+            if (text.isdigit() and text.isascii()) or _NUMBER_RE.fullmatch(text) is not None:
+                value = float(text)
                 if value <= MAX_SANE_VALUE:
                     return value
         return _number(self.single(names))
@@ -455,8 +459,9 @@ class _Fields:
             values = self._lines.get(names[0])
             if values is None:
                 return None
-            if len(values) == 1 and _NUMBER_RE.fullmatch(values[0]) is not None:
-                value = float(values[0])
+            text = values[0] if len(values) == 1 else ""
+            if (text.isdigit() and text.isascii()) or _NUMBER_RE.fullmatch(text) is not None:
+                value = float(text)
                 if value > EPOCH_MILLISECONDS_THRESHOLD:
                     delta = value / 1000.0 - now
                 elif value > EPOCH_SECONDS_THRESHOLD:
@@ -475,8 +480,9 @@ class _Fields:
             values = self._lines.get(names[0])
             if values is None:
                 return None
-            if len(values) == 1 and _NUMBER_RE.fullmatch(values[0]) is not None:
-                value = float(values[0])
+            text = values[0] if len(values) == 1 else ""
+            if (text.isdigit() and text.isascii()) or _NUMBER_RE.fullmatch(text) is not None:
+                value = float(text)
                 if value <= MAX_SANE_VALUE:
                     return value
         return _duration(self.single(names))
