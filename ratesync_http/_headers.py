@@ -69,8 +69,10 @@ _DURATION_UNITS: Final[Mapping[str, float]] = {
     "ns": 1e-9,
 }
 # RFC 3339 date-time (Anthropic resets), e.g. 2026-11-22T20:00:00Z, ...T20:00:00.5+01:00.
+# RFC 3339, and the ISO 8601 shapes vendors send in its place: Atlassian's "2021-05-14T12:39Z"
+# (no seconds), offsets without the colon ("+0000").
 _RFC3339_RE: Final = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})?"
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]+)?)?(?:[Zz]|[+-][0-9]{2}:?[0-9]{2})?"
 )
 # Shopify: "32/40" = 32 calls used out of a bucket of 40.
 _SHOPIFY_RE: Final = re.compile(r"([0-9]+)[ \t]*/[ \t]*([0-9]+)")

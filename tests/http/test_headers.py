@@ -239,6 +239,21 @@ CORPUS: list[tuple[str, Headers, int, float, dict[str, Any]]] = [
             "source": "anthropic",
         },
     ),
+    # --- Atlassian (Jira, Confluence): ISO 8601 resets without seconds -------------------------
+    (
+        "atlassian-iso-minutes",
+        {"X-RateLimit-Limit": "100", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "2023-11-14T22:14Z"},
+        200,
+        NOW,
+        {"limit": 100, "remaining": 0, "reset_after": 40, "blocked": True, "source": "x-ratelimit"},
+    ),
+    (
+        "iso-offset-without-colon",
+        {"X-RateLimit-Remaining": "3", "X-RateLimit-Reset": "2023-11-14T21:14:20-0100"},
+        200,
+        NOW,
+        {"remaining": 3, "reset_after": 60, "source": "x-ratelimit"},
+    ),
     (
         "anthropic-tokens-only",
         {
