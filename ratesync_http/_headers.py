@@ -269,6 +269,72 @@ def _parse(lines: RateLimitLines, status: int, now: float) -> RateLimitInfo:
     if not lines:
         # Most responses of most APIs: nothing to read (a 429 is still a refusal).
         return _REFUSED if status == _TOO_MANY_REQUESTS else _NOTHING
+    keys = lines.keys()
+    for plain_names in _X_PLAIN:
+        if keys <= plain_names.keys():
+            info = _x_plain(lines, status, now, plain_names)
+            if info is not None:
+                return info
+            break
+    return _parse_general(lines, status, now)
+
+
+#: Per X- spelling, its header names -> which field each is (the keys make a set view).
+_X_PLAIN: Final = tuple(
+    {limit: 0, remaining: 1, used: 2, reset_after: 3, reset: 4}
+    for (limit,), (remaining,), (used,), (reset_after,), (reset,) in _X_FIELDS_BY_PREFIX
+)
+
+
+def _x_plain(lines: RateLimitLines, status: int, now: float, names: dict[str, int]) -> RateLimitInfo | None:
+    """The X-RateLimit family when each header came once as plain ASCII digits, else None.
+
+    GitHub, X, Okta and many others send exactly that on every response: this reads it in one
+    pass, with the same arithmetic as ``_x_ratelimit`` and ``_parse`` (tests/http compare the two
+    on generated headers). Anything else (a decimal, a repeat, a value out of range) goes to the
+    general reading, which also logs what it ignores.
+    """
+    values: list[float | None] = [None, None, None, None, None]
+    for name, found in lines.items():
+        if len(found) != 1:
+            return None
+        text = found[0]
+        if not (text.isdigit() and text.isascii()):
+            return None
+        value = float(text)
+        if value > MAX_SANE_VALUE:
+            return None
+        values[names[name]] = value
+    limit, remaining, used, reset_after, reset = values
+    if reset_after is None and reset is not None:
+        if reset > EPOCH_MILLISECONDS_THRESHOLD:
+            reset_after = reset / 1000.0 - now
+        elif reset > EPOCH_SECONDS_THRESHOLD:
+            reset_after = reset - now
+        else:
+            reset_after = reset
+        if reset_after < 0.0:
+            reset_after = 0.0
+        elif not reset_after <= MAX_SANE_VALUE:
+            return None
+    if used is not None:
+        if limit is None and remaining is not None:
+            limit = used + remaining
+            if limit > MAX_SANE_VALUE:
+                return None
+        elif remaining is None and limit is not None and used <= limit:
+            remaining = limit - used
+    if limit is None and remaining is None and reset_after is None:
+        return None  # nothing learned: the general reading says so (and logs nothing either)
+    if limit is not None and remaining is not None and limit < remaining:
+        return None  # logged there
+    blocked = (remaining is not None and remaining < 1 and reset_after is not None and reset_after > 0) or (
+        status == _TOO_MANY_REQUESTS
+    )
+    return RateLimitInfo(limit, remaining, reset_after, None, None, blocked, "x-ratelimit")
+
+
+def _parse_general(lines: RateLimitLines, status: int, now: float) -> RateLimitInfo:
     fields = _Fields(lines)
     retry_after = _retry_after(fields, now) if _RETRY_AFTER in lines else None
 

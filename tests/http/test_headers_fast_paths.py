@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ratesync_http import _headers
-from ratesync_http._headers import parse_rate_limit_headers
+from ratesync_http._headers import RateLimitInfo, parse_rate_limit_headers
 
 pytestmark = pytest.mark.http
 
@@ -265,3 +265,52 @@ def test_raw_lines_of_a_typical_response() -> None:
     assert _headers.rate_limit_lines_raw(httpx.Headers({"Server": "x"}).raw) == {}
     # A non-ASCII rate-limit value is decoded by the general reading, as httpx decodes it.
     assert _headers.rate_limit_lines_raw(httpx.Headers([(b"RateLimit", "\u20ac".encode())]).raw) is None
+
+
+# -- the X-RateLimit family read in one pass -----------------------------------------------------
+
+x_names = st.sampled_from(
+    [
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-used",
+        "x-ratelimit-reset",
+        "x-ratelimit-reset-after",
+        "x-rate-limit-limit",
+        "x-rate-limit-remaining",
+        "x-rate-limit-reset",
+    ]
+)
+x_values = st.one_of(
+    st.integers(0, 10**6).map(str),
+    st.sampled_from(["0", "1", "60", "5000", "1700000030", "1700000030000", "99999999999999999", "1" * 30]),
+    st.sampled_from(["1.5", "598.0", "-1", "nan", "inf", "", "\u0661\u0662", "1e3", " 5"]),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.dictionaries(x_names, st.lists(x_values, min_size=1, max_size=2), min_size=1, max_size=5),
+    st.sampled_from([200, 403, 429, 503]),
+    st.sampled_from([NOW, 0.0, 1e12]),
+)
+def test_plain_x_ratelimit_reading_is_the_general_reading(lines: dict[str, list[str]], status: int, now: float) -> None:
+    assert _headers._parse(lines, status, now) == _headers._parse_general(lines, status, now)
+
+
+def test_plain_x_ratelimit_reading_takes_the_usual_responses() -> None:
+    # The one-pass reading answers these itself (no _Fields built), with the general answer.
+    github = {
+        "x-ratelimit-limit": ["5000"],
+        "x-ratelimit-remaining": ["0"],
+        "x-ratelimit-used": ["5000"],
+        "x-ratelimit-reset": ["1700000030"],
+    }
+    okta = {"x-rate-limit-limit": ["600"], "x-rate-limit-remaining": ["599"], "x-rate-limit-reset": ["1700000045"]}
+    for lines in (github, okta):
+        plain = _headers._X_PLAIN[0] if "x-ratelimit-limit" in lines else _headers._X_PLAIN[1]
+        info = _headers._x_plain(lines, 200, NOW, plain)
+        assert info is not None and info == _headers._parse_general(lines, 200, NOW)
+    assert _headers._x_plain(github, 200, NOW, _headers._X_PLAIN[0]) == RateLimitInfo(
+        5000.0, 0.0, 30.0, None, None, True, "x-ratelimit"
+    )
