@@ -3,10 +3,12 @@
 Every operation is one short transaction on a database file: ``BEGIN IMMEDIATE`` (the write lock,
 so two processes never both read the old state and one update is lost), read the state, run the
 pure reference function of ``ratesync._algorithms`` on it, write the new state, ``COMMIT``. The
-file is in WAL mode (readers never block the writer) with ``synchronous = NORMAL`` (a commit
-survives a crash of the process; a power loss may lose the last few milliseconds of charges, which
-a rate limiter can afford) and a generous busy timeout, so processes queue for the write lock
-instead of failing with ``database is locked``.
+commonest, one token bucket, is one UPSERT instead, which decides as the reference does (see
+``SQL_GCRA``) and leaves the call to the transaction when it cannot. The file is in WAL mode
+(readers never block the writer) with ``synchronous = NORMAL`` (a commit survives a crash of the
+process; a power loss may lose the last few milliseconds of charges, which a rate limiter can
+afford) and a generous busy timeout, so processes queue for the write lock instead of failing with
+``database is locked``.
 
 The sync side needs only the standard library (``sqlite3``); the async side runs the very same
 operations through ``aiosqlite`` (imported on first async use). Both sides of one store share the
@@ -24,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -35,6 +38,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
 from .._algorithms import (
+    EPSILON,
     Decision,
     FixedWindow,
     LeaseDecision,
@@ -49,7 +53,9 @@ from .._algorithms import (
     peek,
     quota_observe,
     state_ttl,
+    token_bucket,
 )
+from .._algorithms import _floor as _floor_eps
 from .._exceptions import ConfigurationError, MissingDependencyError, StoreError
 from ._base import OnError, Slot, Store
 
@@ -165,6 +171,70 @@ _KINDS: dict[type[Any], int] = {
 }
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 _loads = json.loads
+
+# -- the token bucket in one statement ------------------------------------------------------------
+#
+# One limit of the token bucket kind, admitted, is one autocommit UPSERT instead of a transaction
+# of four statements. A write statement takes the write lock before it reads the row (its implicit
+# transaction begins like ``BEGIN IMMEDIATE``), so it is as atomic across processes as the
+# transaction, and the lock is held for one statement run in C, with no Python (and no wait for
+# the GIL) while it is held. The SQL runs the arithmetic of ``_algorithms.gcra`` with the same IEEE
+# operations in the same order (SQLite computes in C doubles), so the TAT it writes and returns is
+# the reference's bit for bit. Parameters:
+#   ?1 key, ?2 now, ?3 cost * interval, ?4 span (burst * interval), ?5 max_wait + EPSILON,
+#   ?6 how far SQLite's clock may be past ?2 when the lock is held (``_FRESH``).
+# ``_TAT`` is ``max(state, now)``, where a row that is expired or of another kind is no state
+# (``_decode``); the right-hand sides and the WHERE of DO UPDATE all read the row as it was. A new
+# key inserts unconditionally: the caller checks first that the call is admissible with no state
+# (``((now + step) - span) - now <= limit``; an empty bucket admits whatever a fuller one does).
+#
+# ``now`` is read in Python before the statement waits for the lock; the transaction reads it once
+# the lock is held. So that a call kept waiting by other processes (SQLite's busy handler sleeps
+# 1 to 100 ms at a time) is not decided with an old reading against charges made after it, the
+# statement only writes when SQLite's own clock, read once the lock is held, is not past ``now``
+# (?6 is 0; ``math.inf`` turns the test off). Otherwise the DO UPDATE does nothing and a new key
+# gets a row without state (NULL ``num``, expired), so no row or a NULL comes back and the call is
+# decided in the transaction. SQLite's clock is ``gettimeofday`` truncated to the millisecond (the
+# clock of ``time.time``): a reading it is not past was taken less than a millisecond before the
+# lock was held. ``julianday`` is that millisecond count over 86,400,000, so rounding recovers it
+# exactly (210,866,760,000,000 ms is the Unix epoch: Julian day 2,440,587.5).
+_FRESH = "(round(julianday('now') * 86400000.0) - 210866760000000.0) / 1000.0 - ?2 <= ?6"
+_TAT = f"(CASE WHEN kind = {_TOKEN_BUCKET} AND expires_at > ?2 AND num >= ?2 THEN num ELSE ?2 END)"
+SQL_GCRA = (
+    f"INSERT INTO {STATE_TABLE} (key, kind, num, data, expires_at)"
+    f" VALUES (?1, {_TOKEN_BUCKET}, CASE WHEN {_FRESH} THEN ?2 + ?3 END, NULL,"
+    f" CASE WHEN {_FRESH} THEN ?2 + max(0.0, ?2 + ?3 - ?2) ELSE ?2 END)"
+    f" ON CONFLICT (key) DO UPDATE SET kind = {_TOKEN_BUCKET}, num = {_TAT} + ?3, data = NULL,"
+    f" expires_at = ?2 + max(0.0, {_TAT} + ?3 - ?2)"
+    f" WHERE {_TAT} + ?3 - ?4 - ?2 <= ?5 AND {_FRESH}"
+    " RETURNING num"
+)
+#: A refused call is answered from the row as one read finds it, provided the reading of the clock
+#: is as fresh at the read (the same test and parameters as ``SQL_GCRA``; one row even for no key).
+SQL_GET_FRESH = (
+    f"SELECT s.kind, s.num, s.data, s.expires_at, {_FRESH} FROM (SELECT 1) LEFT JOIN {STATE_TABLE} AS s ON s.key = ?1"
+)
+#: How far past a call's reading of the clock SQLite's may be when its statement holds the lock.
+_FRESH_FOR = 0.0
+#: RETURNING came with SQLite 3.35.0, with defects fixed in the patch releases that followed: older
+#: libraries decide token buckets in the transaction, like every other limit.
+_ONE_STATEMENT = sqlite3.sqlite_version_info >= (3, 35, 5)
+
+
+def _gcra_admitted(new_tat: float, now: float, interval: float, span: float, burst: int) -> Decision:
+    """The decision ``_algorithms.token_bucket`` gives an admitted call that set the TAT to ``new_tat``."""
+    wait = new_tat - span - now
+    if wait <= EPSILON:
+        return Decision(True, 0.0, max(0.0, _floor_eps((span - (new_tat - now)) / interval)), new_tat - now, burst)
+    return Decision(True, wait, 0.0, new_tat - now, burst)
+
+
+def _gcra_refused(spec: TokenBucket, row: Sequence[Any], now: float, cost: int, max_wait: float) -> Decision | None:
+    """The refusal of the reference on a row of ``SQL_GET_FRESH``; None if the reading was stale or it admits."""
+    if not row[4]:
+        return None
+    decision, _ = token_bucket(_decode(spec, row if row[0] is not None else None, now), now, cost, spec, max_wait)
+    return None if decision.allowed else decision
 
 
 def _decode(spec: Spec, row: Sequence[Any] | None, now: float) -> Any:
@@ -293,6 +363,9 @@ class SQLiteStore(Store):
             raise ConfigurationError(f"busy_timeout must be zero or more seconds, not {busy_timeout!r}")
         self.busy_timeout = float(busy_timeout)
         self._clock = clock
+        # SQLite's clock is the clock of ``time.time``: it can tell how old a reading of that one is,
+        # not of a clock a test injects (whose readings are then taken as they are).
+        self._fresh_for = _FRESH_FOR if clock is time.time else math.inf
         self._memory = self.path == MEMORY
         self._pid = os.getpid()
         # The sync side: one connection for every thread of this process, used under ``_lock``.
@@ -506,8 +579,74 @@ class SQLiteStore(Store):
 
     def _acquire(self, slots: Sequence[Slot], cost: int, max_wait: float) -> Decision:
         if len(slots) == 1:
+            key, spec = slots[0]
+            if _ONE_STATEMENT and type(spec) is TokenBucket:
+                decision = self._acquire_gcra(key, spec, cost, max_wait)
+                if decision is not None:
+                    return decision
             return self._acquire_one(slots[0], cost, max_wait)
         return self._run(self._op_acquire(slots, cost, max_wait), write=True)
+
+    def _acquire_gcra(self, key: str, spec: TokenBucket, cost: int, max_wait: float) -> Decision | None:
+        """The hottest path, one token bucket on the sync side: one UPSERT (``SQL_GCRA``), no transaction.
+
+        None when the call must be decided in the transaction instead: the sweep is due (it runs in
+        the transaction of the call that makes it due), the clock reading was not fresh any more
+        when the lock was held, or a refusal read from the row does not hold (the row changed
+        between the statement and the read).
+        """
+        interval = 1.0 / spec.rate_per_second
+        span = spec.burst * interval
+        step = cost * interval
+        limit = max_wait + EPSILON
+        if self._pid != os.getpid():
+            self._after_fork()
+        with self._lock:
+            try:
+                cursor = self._cursor or self._connect()
+                if self._written + 1 >= _SWEEP_EVERY:
+                    return None
+                now = self._clock()
+                params = (key, now, step, span, limit, self._fresh_for)
+                if now + step - span - now <= limit:  # else refused whatever the state
+                    started = time.monotonic()
+                    try:
+                        # fetchall steps the statement to its end, where its implicit transaction commits.
+                        rows = cursor.execute(SQL_GCRA, params).fetchall()
+                    except sqlite3.OperationalError as exc:
+                        rows = self._retry_busy(cursor, SQL_GCRA, params, exc, started)
+                    if rows:
+                        new_tat = rows[0][0]
+                        if new_tat is None:
+                            return None  # a new key, and a clock reading too old: nothing written
+                        self._written += 1
+                        return _gcra_admitted(new_tat, now, interval, span, spec.burst)
+                rows = cursor.execute(SQL_GET_FRESH, params).fetchall()
+            except BaseException as exc:
+                translated = self._sync_error(exc, write=True)
+                if translated is not None:
+                    raise translated from exc
+                raise
+        return _gcra_refused(spec, rows[0], now, cost, max_wait)
+
+    def _retry_busy(
+        self, cursor: sqlite3.Cursor, sql: str, params: Any, exc: sqlite3.OperationalError, started: float
+    ) -> list[Any]:
+        """Run a write statement again after ``exc``: the busy cases SQLite does not wait for (see :meth:`_begin`)."""
+        deadline = started + self.busy_timeout
+        delay = 0.001
+        while True:
+            if not _is_busy(exc):
+                raise exc
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise exc
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 0.05)
+            try:
+                return cursor.execute(sql, params).fetchall()
+            except sqlite3.OperationalError as again:
+                exc = again
 
     def _acquire_one(self, slot: Slot, cost: int, max_wait: float) -> Decision:
         """The hot path, one limit on the sync side: the steps of ``_op_acquire`` and ``_run`` inline.
@@ -540,7 +679,76 @@ class SQLiteStore(Store):
                 raise
 
     async def _aacquire(self, slots: Sequence[Slot], cost: int, max_wait: float) -> Decision:
+        if len(slots) == 1 and _ONE_STATEMENT:
+            key, spec = slots[0]
+            if type(spec) is TokenBucket:
+                if self._memory:
+                    return self._acquire(slots, cost, max_wait)  # the sync connection, inline (see ``_arun``)
+                decision = await self._aacquire_gcra(key, spec, cost, max_wait)
+                if decision is not None:
+                    return decision
         return await self._arun(self._op_acquire(slots, cost, max_wait), write=True)
+
+    async def _aacquire_gcra(self, key: str, spec: TokenBucket, cost: int, max_wait: float) -> Decision | None:
+        """The async twin of :meth:`_acquire_gcra`: one round trip to aiosqlite's thread instead of four."""
+        interval = 1.0 / spec.rate_per_second
+        span = spec.burst * interval
+        step = cost * interval
+        limit = max_wait + EPSILON
+        if self._pid != os.getpid():
+            self._after_fork()
+        side = self._async_side()
+        # The lock still matters: a statement queued between another task's BEGIN and COMMIT on
+        # this connection would run inside that transaction.
+        async with side.lock:
+            conn = side.conn
+            try:
+                if conn is None:
+                    conn = side.conn = await self._aopen()
+                if self._written + 1 >= _SWEEP_EVERY:
+                    return None
+                now = self._clock()
+                params = (key, now, step, span, limit, self._fresh_for)
+                if now + step - span - now <= limit:
+                    started = time.monotonic()
+                    try:
+                        rows = list(await conn.execute_fetchall(SQL_GCRA, params))
+                    except sqlite3.OperationalError as exc:
+                        rows = await self._aretry_busy(conn, SQL_GCRA, params, exc, started)
+                    if rows:
+                        new_tat = rows[0][0]
+                        if new_tat is None:
+                            return None
+                        self._written += 1
+                        return _gcra_admitted(new_tat, now, interval, span, spec.burst)
+                rows = list(await conn.execute_fetchall(SQL_GET_FRESH, params))
+            except BaseException as exc:
+                # Nothing to roll back: the statement commits by itself or not at all.
+                if conn is not None and _is_broken(exc):
+                    side.conn = None
+                    await _aclose_quietly(conn)
+                if _needs_translation(exc):
+                    raise self._translate(exc) from exc
+                raise
+        return _gcra_refused(spec, rows[0], now, cost, max_wait)
+
+    async def _aretry_busy(
+        self, conn: aiosqlite.Connection, sql: str, params: Any, exc: sqlite3.OperationalError, started: float
+    ) -> list[Any]:
+        deadline = started + self.busy_timeout
+        delay = 0.001
+        while True:
+            if not _is_busy(exc):
+                raise exc
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise exc
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 2, 0.05)
+            try:
+                return list(await conn.execute_fetchall(sql, params))
+            except sqlite3.OperationalError as again:
+                exc = again
 
     def _peek(self, slots: Sequence[Slot]) -> Decision:
         # One SELECT is one read transaction: a consistent snapshot of every key, no write lock.

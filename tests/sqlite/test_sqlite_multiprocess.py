@@ -51,11 +51,14 @@ def test_four_processes_share_one_limit(mode: str, tmp_path: Path) -> None:
 
 WORKER = """
 import asyncio, sys, time
-from ratesync import FixedWindow
+from ratesync import FixedWindow, TokenBucket
 from ratesync._stores.sqlite import SQLiteStore
 
-path, mode, start_at, calls = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
-slots = [("{shared}#0", FixedWindow(limit=500, window_seconds=3600.0))]
+path, mode, start_at, calls, kind = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+# The token bucket is decided by one UPSERT (or, after a wait for the lock, in the transaction):
+# 500 calls of its burst, and nothing refills during the test.
+spec = FixedWindow(limit=500, window_seconds=3600.0) if kind == "window" else TokenBucket(1e-6, burst=500)
+slots = [("{shared}#0", spec)]
 store = SQLiteStore(path)
 
 async def main():
@@ -75,14 +78,15 @@ store.close()
 """
 
 
-def test_processes_hammering_one_key_never_lose_an_update(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["window", "bucket"])
+def test_processes_hammering_one_key_never_lose_an_update(tmp_path: Path, kind: str) -> None:
     # Every call at once, no waiting: any lost update (two processes charging the same old
     # count) would admit more than the limit in total.
     path = tmp_path / "limits.db"
     start_at = time.time() + 1.5
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(path), mode, str(start_at), "300"],
+            [sys.executable, "-c", WORKER, str(path), mode, str(start_at), "300", kind],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

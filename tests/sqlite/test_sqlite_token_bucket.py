@@ -1,0 +1,292 @@
+"""One token bucket is one UPSERT: the reference's decisions, and only with a fresh reading of the clock.
+
+The store decides a single token bucket with one statement (``SQL_GCRA``) instead of a transaction.
+These tests check that this path is taken, that it gives the reference's decisions float for float
+(reservations, refusals, expiry, a key changing kind, resets), that a call kept waiting for the
+write lock is decided in the transaction with the clock read after the wait, and that libraries
+without RETURNING decide the same in the transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sqlite3
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ratesync._algorithms import Decision, FixedWindow, Spec, TokenBucket, decide, state_ttl
+from ratesync._stores import sqlite as sqlite_module
+from ratesync._stores.sqlite import STATE_TABLE, SQLiteStore
+
+pytestmark = pytest.mark.sqlite
+
+KEYS = ["{tb}#0", "{tb}#1"]
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Reference:
+    """The pure functions with the stores' expiry rule."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.states: dict[str, tuple[Any, float, type]] = {}
+
+    def acquire(self, key: str, spec: Spec, cost: int, max_wait: float) -> Decision:
+        now = self.clock()
+        entry = self.states.get(key)
+        state = entry[0] if entry is not None and entry[1] > now else None
+        if entry is not None and type(spec) is not entry[2]:
+            state = None  # a key whose limit changed kind starts afresh
+        decision, (new_state,) = decide((state,), now, cost, (spec,), max_wait)
+        if decision.allowed:
+            if new_state is None:
+                self.states.pop(key, None)
+            else:
+                self.states[key] = (new_state, now + state_ttl(new_state, now, spec), type(spec))
+        return decision
+
+
+class Paths:
+    """Counts the calls of one store decided in the transaction instead of the statement."""
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self.transactions = 0
+        one, arun = store._acquire_one, store._arun
+
+        def counted_one(*args: Any) -> Decision:
+            self.transactions += 1
+            return one(*args)
+
+        async def counted_arun(*args: Any, **kwargs: Any) -> Any:
+            self.transactions += 1
+            return await arun(*args, **kwargs)
+
+        store._acquire_one = counted_one  # type: ignore[method-assign]
+        store._arun = counted_arun  # type: ignore[method-assign]
+
+
+buckets = st.builds(TokenBucket, st.sampled_from([0.5, 3.0, 10.0, 1e9]), st.integers(1, 4))
+operations = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("advance"),
+            st.one_of(st.just(0.0), st.floats(0.0, 0.7), st.floats(0.7, 8.0), st.sampled_from([3600.0])),
+        ),
+        st.tuples(st.just("acquire"), st.integers(0, 1), st.integers(1, 3), st.sampled_from([0.0, 0.3, 2.0, math.inf])),
+        st.tuples(st.just("acquire"), st.integers(0, 1), st.integers(1, 3), st.sampled_from([0.0, 0.0, 0.3])),
+        st.tuples(st.just("window"), st.integers(0, 1)),
+        st.tuples(st.just("reset"), st.integers(0, 1)),
+    ),
+    min_size=1,
+    max_size=40,
+)
+starts = st.sampled_from([1_700_000_000.0, 1_700_000_000.123456, 86_400.0 * 19_000 + 0.5])
+
+
+async def apply(store: SQLiteStore, clock: Clock, spec: TokenBucket, ops: list[Any], mode: str) -> int:
+    """Run ``ops`` on the store and on the reference; returns how many token bucket calls were run.
+
+    Every token bucket call must be decided by the statement (and a read for refusals), none in
+    the transaction: one process and an injected clock leave no reason to fall back.
+    """
+    paths = Paths(store)
+    ref = Reference(clock)
+    window = FixedWindow(limit=2, window_seconds=10.0)
+    statements: list[str] = []
+    calls = 0
+    for i, op in enumerate(ops):
+        use_async = mode == "async" or (mode == "mixed" and i % 2 == 1)
+        if op[0] == "advance":
+            clock.now += op[1]
+        elif op[0] == "acquire":
+            _, k, cost, max_wait = op
+            slots = [(KEYS[k], spec)]
+            before = paths.transactions
+            if use_async:
+                got = await store.aacquire(slots, cost, max_wait)
+            else:
+                conn = store._conn
+                assert conn is not None
+                statements.clear()
+                conn.set_trace_callback(statements.append)
+                got = store.acquire(slots, cost, max_wait)
+                conn.set_trace_callback(None)
+                # Admitted: the one statement. Refused: it (unless no state could admit) and one read.
+                kinds = [s.split(" ", 1)[0] for s in statements]
+                assert kinds == ["INSERT"] if got.allowed else kinds in (["INSERT", "SELECT"], ["SELECT"]), statements
+            assert paths.transactions == before, (i, op)
+            assert got == ref.acquire(KEYS[k], spec, cost, max_wait), (i, op)
+            assert not got.degraded
+            calls += 1
+        elif op[0] == "window":
+            # Another kind of limit on the same key: the bucket must start afresh after it.
+            slots_w = [(KEYS[op[1]], window)]
+            got = await store.aacquire(slots_w) if use_async else store.acquire(slots_w)
+            assert got == ref.acquire(KEYS[op[1]], window, 1, 0.0), (i, op)
+        else:
+            if use_async:
+                await store.areset([KEYS[op[1]]])
+            else:
+                store.reset([KEYS[op[1]]])
+            ref.states.pop(KEYS[op[1]], None)
+    return calls
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=buckets, ops=operations, start=starts, mode=st.sampled_from(["sync", "async", "mixed"]))
+def test_the_statement_decides_as_the_reference(spec: TokenBucket, ops: list[Any], start: float, mode: str) -> None:
+    clock = Clock(start)
+    with tempfile.TemporaryDirectory() as folder, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sqlite_module, "_SWEEP_EVERY", 10**9)  # the sweep's transaction is not under test here
+        store = SQLiteStore(Path(folder) / "tb.db", clock=clock)
+        store.initialize()
+
+        async def main() -> None:
+            try:
+                await apply(store, clock, spec, ops, mode)
+            finally:
+                await store.aclose()
+                store.close()
+
+        asyncio.run(main())
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=buckets, ops=operations, start=starts)
+def test_without_returning_the_transaction_decides_the_same(spec: TokenBucket, ops: list[Any], start: float) -> None:
+    clock = Clock(start)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sqlite_module, "_ONE_STATEMENT", False)  # SQLite before 3.35.5
+        store = SQLiteStore(":memory:", clock=clock)
+        store.initialize()
+        ref = Reference(clock)
+        statements: list[str] = []
+        try:
+            for op in ops:
+                if op[0] == "advance":
+                    clock.now += op[1]
+                elif op[0] == "acquire":
+                    _, k, cost, max_wait = op
+                    conn = store._conn
+                    assert conn is not None
+                    statements.clear()
+                    conn.set_trace_callback(statements.append)
+                    got = store.acquire([(KEYS[k], spec)], cost, max_wait)
+                    conn.set_trace_callback(None)
+                    assert statements[0] == "BEGIN IMMEDIATE"
+                    assert got == ref.acquire(KEYS[k], spec, cost, max_wait)
+        finally:
+            store.close()
+
+
+def test_the_sweep_runs_in_the_transaction_of_the_call_that_makes_it_due(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_module, "_SWEEP_EVERY", 4)
+    clock = Clock(1_700_000_000.0)
+    store = SQLiteStore(tmp_path / "sweep.db", clock=clock)
+    paths = Paths(store)
+    spec = FixedWindow(limit=1, window_seconds=1.0)
+    for i in range(3):
+        assert store.acquire([(f"{{old{i}}}#0", spec)]).allowed
+    clock.now += 3600.0
+    bucket = TokenBucket(rate_per_second=100.0, burst=10)
+    assert store.acquire([("{b}#0", bucket)]).allowed  # the 4th row written: due
+    assert paths.transactions == 4  # the three windows, then the bucket call with the sweep
+    assert store.acquire([("{b}#0", bucket)]).allowed
+    assert paths.transactions == 4
+    with sqlite3.connect(tmp_path / "sweep.db") as conn:
+        keys = [k for (k,) in conn.execute(f"SELECT key FROM {STATE_TABLE}")]
+    conn.close()
+    assert keys == ["{b}#0"]
+    store.close()
+
+
+# -- a call kept waiting for the write lock --------------------------------------------------------
+
+
+def hold_the_write_lock(db: Path, seconds: float) -> tuple[threading.Timer, list[float], sqlite3.Connection]:
+    """Another connection takes the write lock now and commits after ``seconds``; the commit time is recorded."""
+    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    released: list[float] = []
+
+    def commit() -> None:
+        released.append(time.time())
+        holder.execute("COMMIT")
+
+    timer = threading.Timer(seconds, commit)
+    timer.start()
+    return timer, released, holder
+
+
+def decided_at(db: Path, key: str, decision: Decision) -> float:
+    """The store clock reading a bucket decision was made with: its new TAT minus ``reset_after``."""
+    with sqlite3.connect(db) as conn:
+        (tat,) = conn.execute(f"SELECT num FROM {STATE_TABLE} WHERE key = ?", (key,)).fetchone()
+    conn.close()
+    return float(tat) - decision.reset_after
+
+
+@pytest.mark.realtime
+@pytest.mark.parametrize("existing", [False, True])
+@pytest.mark.parametrize("side", ["sync", "async"])
+async def test_a_call_kept_waiting_is_decided_with_the_clock_after_the_wait(
+    tmp_path: Path, side: str, existing: bool
+) -> None:
+    db = tmp_path / "wait.db"
+    store = SQLiteStore(db)  # time.time: SQLite's clock can tell how old a reading is
+    key, spec = "{wait}#0", TokenBucket(rate_per_second=1.0, burst=5)
+    store.initialize()
+    await store.ainitialize()
+    if existing:
+        assert store.acquire([(key, spec)]).allowed  # the row exists: the DO UPDATE branch
+    paths = Paths(store)
+    timer, released, holder = hold_the_write_lock(db, 0.2)
+    try:
+        started = time.time()
+        d = await store.aacquire([(key, spec)]) if side == "async" else store.acquire([(key, spec)])
+    finally:
+        timer.join()
+        holder.close()
+    await store.aclose()
+    store.close()
+    assert d.allowed and not d.degraded
+    # The statement found its reading of the clock 0.2 s old once it had the lock, wrote nothing,
+    # and the transaction decided with a reading taken after the other writer let go.
+    assert paths.transactions == 1
+    assert decided_at(db, key, d) > released[0] - 1e-3
+    assert decided_at(db, key, d) > started + 0.1
+
+
+def test_a_row_left_by_a_stale_first_call_means_no_state(tmp_path: Path) -> None:
+    # What the statement leaves for a new key when the reading was too old: kind 1, no TAT, expired.
+    db = tmp_path / "null.db"
+    store = SQLiteStore(db)
+    store.initialize()
+    now = time.time()
+    conn = sqlite3.connect(db, isolation_level=None)
+    rows = conn.execute(sqlite_module.SQL_GCRA, ("{n}#0", now - 1.0, 0.5, 2.5, 1e-9, 0.0)).fetchall()
+    assert rows == [(None,)]
+    assert conn.execute(f"SELECT kind, num, expires_at FROM {STATE_TABLE}").fetchall() == [(1, None, now - 1.0)]
+    conn.close()
+    spec = TokenBucket(rate_per_second=2.0, burst=5)
+    assert store.peek([("{n}#0", spec)]).remaining == 5
+    d = store.acquire([("{n}#0", spec)])
+    assert d.allowed and d.remaining == 4
+    store.close()
