@@ -19,6 +19,7 @@ from .._algorithms import (
     LeaseDecision,
     Observation,
     Quota,
+    QuotaState,
     TokenBucket,
     _floor,
     decide,
@@ -157,6 +158,17 @@ class MemoryStore(Store):
                 reset_after = new_tat - now
                 lim: float = spec.burst
                 writes.append((key, new_tat, now + max(0.0, reset_after)))
+            elif type(spec) is Quota and state is not None and state[0] > now and state[1] >= cost:
+                # ``quota`` inside the learned window with room left (every HTTP response that
+                # says "plenty remaining" leads here): charged now, the mirror otherwise unchanged.
+                reset_at, left_before, learned_limit, window = state
+                if window is not None and reset_at - window > now:
+                    return None  # the window has not begun: decide places the call
+                left = left_before - cost
+                reset_after = reset_at - now
+                lim = learned_limit if learned_limit is not None else math.inf
+                expires_at = now + max(0.0, reset_at + (window or 0.0) - now)
+                writes.append((key, QuotaState(reset_at, left, learned_limit, window), expires_at))
             else:
                 d, new_state = _ALGORITHMS[type(spec)](state, now, cost, spec, math.inf)
                 if d.wait != 0.0:

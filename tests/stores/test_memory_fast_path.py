@@ -95,7 +95,14 @@ class _Reference:
             st.integers(1, 3),
             st.sampled_from([0.0, 0.5, math.inf]),
             st.one_of(
-                st.none(), st.builds(Observation, st.integers(0, 4).map(float), st.sampled_from([0.5, 2.0, 9.0]))
+                st.none(),
+                st.builds(
+                    Observation,
+                    st.integers(0, 4).map(float),
+                    st.sampled_from([0.5, 2.0, 9.0]),
+                    st.one_of(st.none(), st.integers(0, 6).map(float)),
+                    st.one_of(st.none(), st.sampled_from([1.0, 9.0])),
+                ),
             ),
         ),
         min_size=1,
