@@ -340,6 +340,29 @@ def quota(
     return Decision(False, wait, max(0.0, left), max(0.0, reset_at - now), lim), state
 
 
+def checked_observation(obs: Observation) -> Observation:
+    """``obs`` fit for any store's mirror: counts and delays must be numbers, bounds may be unknown.
+
+    A ``limit`` or ``window`` that is not finite says nothing and is dropped (an infinite window
+    would roll the mirror into NaN, and every caller sharing it would fail). A ``remaining`` that
+    is not finite, or a NaN ``reset_after``, is an error: :class:`ValueError` names the field.
+    Every store's ``observe`` runs this first, so the reference and its ports never see such values.
+    """
+    remaining, reset_after, limit, window = obs
+    if not math.isfinite(remaining):
+        raise ValueError(f"Observation.remaining must be a finite number, got {remaining!r}")
+    if math.isnan(reset_after):
+        raise ValueError("Observation.reset_after must be a number of seconds, got nan")
+    if (limit is None or math.isfinite(limit)) and (window is None or math.isfinite(window)):
+        return obs
+    return Observation(
+        remaining,
+        reset_after,
+        limit if limit is not None and math.isfinite(limit) else None,
+        window if window is not None and math.isfinite(window) else None,
+    )
+
+
 def quota_observe(state: QuotaState | None, now: float, obs: Observation, spec: Quota) -> QuotaState | None:
     """Fold one upstream response into the mirror.
 

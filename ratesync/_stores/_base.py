@@ -22,7 +22,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Literal, TypeAlias, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from .._algorithms import Decision, LeaseDecision, Observation, Quota, Spec
+from .._algorithms import Decision, LeaseDecision, Observation, Quota, Spec, checked_observation
 from .._exceptions import ConfigurationError, StoreError, StoreUnavailableError
 
 if TYPE_CHECKING:
@@ -157,10 +157,16 @@ class Store(ABC):
         return await self._aguard(lambda: self._apeek(slots), lambda f: f.peek(slots), _OPEN)
 
     def observe(self, key: str, spec: Quota, obs: Observation) -> None:
-        """Fold what an upstream said of its quota into the mirror under ``key``."""
+        """Fold what an upstream said of its quota into the mirror under ``key``.
+
+        Raises :class:`ValueError` for an observation whose ``remaining`` is not a finite number
+        (see :func:`checked_observation`).
+        """
+        obs = checked_observation(obs)
         self._guard(lambda: self._observe(key, spec, obs), lambda f: f.observe(key, spec, obs), None)
 
     async def aobserve(self, key: str, spec: Quota, obs: Observation) -> None:
+        obs = checked_observation(obs)
         await self._aguard(lambda: self._aobserve(key, spec, obs), lambda f: f.observe(key, spec, obs), None)
 
     def lease_acquire(self, key: str, limit: int, lease_seconds: float, lease_id: str) -> LeaseDecision:

@@ -22,6 +22,7 @@ from .._algorithms import (
     QuotaState,
     TokenBucket,
     _floor,
+    checked_observation,
     decide,
     lease_acquire,
     peek,
@@ -229,6 +230,7 @@ class MemoryStore(Store):
         return self.peek(slots)
 
     def observe(self, key: str, spec: Quota, obs: Observation) -> None:
+        obs = checked_observation(obs)
         with self._lock:
             now = self._clock()
             new_state = quota_observe(self._get(key, now), now, obs, spec)

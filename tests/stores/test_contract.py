@@ -223,6 +223,23 @@ async def test_observed_cooldown_is_capped(store: Store, mode: Mode) -> None:
     assert refused.wait <= 30.5
 
 
+async def test_non_finite_observations_never_poison_the_mirror(store: Store, mode: Mode) -> None:
+    # An infinite window or limit says nothing (an infinite window once rolled the mirror into NaN,
+    # failing every caller that shared it); a count that is not a number is the caller's error.
+    k = key("host") + "#quota"
+    slots = [(k, Quota())]
+    await observe(store, mode, k, Observation(remaining=3, reset_after=60.0, limit=10.0))
+    # Same window: the mirror keeps its reset and takes the lower count (and, once, took the window).
+    await observe(store, mode, k, Observation(remaining=1, reset_after=60.0, limit=math.inf, window=math.inf))
+    assert (await acquire(store, mode, slots)).allowed
+    refused = await acquire(store, mode, slots)
+    assert not refused.allowed and refused.wait == pytest.approx(60.0, abs=1.0)
+    for bad in (Observation(math.inf, 1.0), Observation(math.nan, 1.0), Observation(1.0, math.nan)):
+        with pytest.raises(ValueError, match="Observation"):
+            await observe(store, mode, k, bad)
+    assert not (await acquire(store, mode, slots)).allowed
+
+
 def test_atomic_under_threads(store: Store) -> None:
     slots = [(key() + "#0", FixedWindow(limit=25, window_seconds=3600.0))]
     admitted = []
