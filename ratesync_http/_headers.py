@@ -700,79 +700,11 @@ def _retry_after(fields: _Fields, now: float) -> float | None:
 
 
 # --------------------------------------------------------------------------------------------
-# Structured fields (RFC 9651): the common shapes here, everything else through http_sf
-
-# The shapes rate-limit fields take in practice, a strict subset of RFC 9651 Lists and
-# Dictionaries: members whose values are Tokens, Integers or Strings of plain characters (no
-# comma, semicolon, quote or backslash), with parameters of the same kinds. The grammar is
-# unambiguous and a match is decoded exactly as http_sf would decode it (a differential test
-# checks that); anything else, duplicates included, goes to http_sf.
-_SF_BARE = r"""(?:[A-Za-z*][A-Za-z0-9:/!#$%&'*+\-.^_`|~]*|-?[0-9]{1,15}|"[ !#-+\--:<-\[\]-~]*")"""
-_SF_KEY = r"[a-z*][a-z0-9_\-.*]*"
-_SF_PARAMS = rf"(?:; *{_SF_KEY}(?:={_SF_BARE})?)*"
-_SF_LIST_RE: Final = re.compile(rf" *{_SF_BARE}{_SF_PARAMS}(?:[ \t]*,[ \t]*{_SF_BARE}{_SF_PARAMS})*[ \t]*")
-_SF_DICT_RE: Final = re.compile(
-    rf" *{_SF_KEY}={_SF_BARE}{_SF_PARAMS}(?:[ \t]*,[ \t]*{_SF_KEY}={_SF_BARE}{_SF_PARAMS})*[ \t]*"
-)
-_SF_OWS: Final = " \t"
-# A list that http_sf would reject (a dictionary is never a valid list): no need to ask it.
-_SF_INVALID: Final = object()
-
-
-def _sf_bare(text: str) -> object:
-    first = text[0]
-    if first == '"':
-        return text[1:-1]
-    if first == "-" or first.isdigit():
-        return int(text)
-    return http_sf.Token(text)
-
-
-def _sf_item(text: str) -> tuple[object, dict[str, object]] | None:
-    """``value;key=value;key``: None on a repeated parameter (http_sf reports it)."""
-    parts = text.split(";")
-    params: dict[str, object] = {}
-    for part in parts[1:]:
-        key, eq, value = part.lstrip(" ").partition("=")
-        if key in params:
-            return None
-        params[key] = _sf_bare(value) if eq else True
-    return _sf_bare(parts[0]), params
-
-
-def _sf_fast(raw: str, tltype: str) -> object | None:
-    """``raw`` parsed as a List or Dictionary when it has a common shape; None otherwise."""
-    if tltype == "list":
-        if _SF_LIST_RE.fullmatch(raw) is None:
-            return _SF_INVALID if _SF_DICT_RE.fullmatch(raw) is not None else None
-        members: list[tuple[object, dict[str, object]]] = []
-        for text in raw.split(","):
-            member = _sf_item(text.strip(_SF_OWS))
-            if member is None:
-                return None
-            members.append(member)
-        return members
-    if _SF_DICT_RE.fullmatch(raw) is None:
-        return None
-    dictionary: dict[str, tuple[object, dict[str, object]]] = {}
-    for text in raw.split(","):
-        key, _, rest = text.strip(_SF_OWS).partition("=")
-        member = _sf_item(rest)
-        if member is None or key in dictionary:
-            return None
-        dictionary[key] = member
-    return dictionary
+# Structured fields (RFC 9651), parsed by http_sf
 
 
 def _sf_parse(name: str, raw: str, tltype: str, *, quiet: bool = False) -> object | None:
     """Parse a structured field; None (logged unless ``quiet``) when malformed or ambiguous."""
-    fast = _sf_fast(raw, tltype)
-    if fast is _SF_INVALID:
-        if not quiet:
-            _ignore(name, raw)
-        return None
-    if fast is not None:
-        return fast
     try:
         data = raw.encode("ascii")
     except UnicodeEncodeError:
@@ -859,11 +791,9 @@ class _RateLimitField:
         raw = fields.joined(_RATELIMIT)
         if raw is None:
             return
-        fast = _sf_fast(raw, "list")
-        if fast is not None and fast is not _SF_INVALID:
-            members: list[tuple[object, dict[str, object]]] = fast  # type: ignore[assignment]
-        else:
-            members = _sf_members(_sf_parse(_RATELIMIT, raw, "list", quiet=True))
+        # A List of named quotas (-08 and later), else the draft-07 Dictionary: the same text can
+        # be both ("default;r=5" is a Dictionary too), and only the List reading names policies.
+        members = _sf_members(_sf_parse(_RATELIMIT, raw, "list", quiet=True))
         if members and all(_policy_name(value) is not None for value, _ in members):
             self.named = members
             return
@@ -891,7 +821,7 @@ class _Policies(NamedTuple):
 _NO_POLICIES: Final = _Policies((), (), {})
 
 # RateLimit-Policy rarely changes from one response to the next: its well-formed values are
-# parsed once. Only a value read by the fast path with every member recognised is kept, so a
+# parsed once. Only a value http_sf accepted with every member recognised is kept, so a
 # cached answer is one whose parse logs nothing. Readers never change what they are given.
 _POLICY_CACHE: dict[str, _Policies] = {}
 _POLICY_CACHE_SIZE: Final = 256
@@ -922,9 +852,9 @@ def _parse_policies(fields: _Fields) -> _Policies:
         return cached
     named: list[tuple[str, dict[str, object]]] = []
     numeric: list[tuple[object, dict[str, object]]] = []
-    fast = _sf_fast(raw, "list")
-    clean = fast is not None and fast is not _SF_INVALID
-    for value, params in _sf_members(fast if clean else _sf_parse(_RATELIMIT_POLICY, raw, "list")):
+    parsed = _sf_parse(_RATELIMIT_POLICY, raw, "list")
+    clean = parsed is not None
+    for value, params in _sf_members(parsed):
         name = _policy_name(value)
         if name is not None:
             named.append((name, params))
