@@ -202,6 +202,11 @@ def rate_limit_lines(headers: HeadersLike) -> RateLimitLines:
 
 
 _KNOWN_RAW_NAMES: Final = {name.encode("ascii"): name for name in _KNOWN_NAMES}
+#: Raw header names as they came (any case) -> ours, or None for a plain name that is not ours.
+#: A server sends the same few names on every response: each is looked at closely once.
+_SEEN_RAW_NAMES: dict[bytes, str | None] = {}
+_SEEN_RAW_NAMES_SIZE: Final = 1024
+_UNSEEN: Final = ""  # no name of ours is empty: "not looked at yet"
 _OWS_BYTES: Final = b" \t"
 
 
@@ -212,13 +217,18 @@ def rate_limit_lines_raw(raw: Iterable[tuple[bytes, bytes]]) -> RateLimitLines |
     surrounding whitespace, a non-ASCII rate-limit value): call :func:`rate_limit_lines` then.
     """
     lines: RateLimitLines = {}
-    known = _KNOWN_RAW_NAMES
+    seen = _SEEN_RAW_NAMES
     for key, value in raw:
-        low = key.lower()  # ASCII-only, as httpx lowers names
-        name = known.get(low)
-        if name is None:
-            if not low.isascii() or low.strip(_OWS_BYTES) != low:
+        name = seen.get(key, _UNSEEN)
+        if name is _UNSEEN:
+            low = key.lower()  # ASCII-only, as httpx lowers names
+            name = _KNOWN_RAW_NAMES.get(low)
+            if name is None and (not low.isascii() or low.strip(_OWS_BYTES) != low):
                 return None  # str.lower() or stripping might make it one of ours
+            if len(seen) >= _SEEN_RAW_NAMES_SIZE:
+                seen.clear()
+            seen[key] = name
+        if name is None:
             continue
         if not value.isascii():
             return None  # decoded as httpx decodes it, by the general reading
