@@ -280,8 +280,8 @@ def _parse(lines: RateLimitLines, status: int, now: float) -> RateLimitInfo:
         # Most responses of most APIs: nothing to read (a 429 is still a refusal).
         return _REFUSED if status == _TOO_MANY_REQUESTS else _NOTHING
     keys = lines.keys()
-    for plain_names in _X_PLAIN:
-        if keys <= plain_names.keys():
+    for plain_set, plain_names in _X_PLAIN_SETS:
+        if keys <= plain_set:
             info = _x_plain(lines, status, now, plain_names)
             if info is not None:
                 return info
@@ -294,6 +294,7 @@ _X_PLAIN: Final = tuple(
     {limit: 0, remaining: 1, used: 2, reset_after: 3, reset: 4}
     for (limit,), (remaining,), (used,), (reset_after,), (reset,) in _X_FIELDS_BY_PREFIX
 )
+_X_PLAIN_SETS: Final = tuple((frozenset(names), names) for names in _X_PLAIN)
 
 
 def _x_plain(lines: RateLimitLines, status: int, now: float, names: dict[str, int]) -> RateLimitInfo | None:

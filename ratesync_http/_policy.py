@@ -427,14 +427,16 @@ class HttpPolicy:
             if info.remaining is not None and info.remaining < 1 and info.reset_after is not None:
                 reset = max(reset, info.reset_after)
             return Observation(0.0, reset, info.limit, info.window)
-        if info.remaining is not None and info.reset_after is not None:
-            remaining = 0.0 if status == 429 else info.remaining
-            if info.reset_after < tail_guard(info.window):
+        remaining, reset_after = info.remaining, info.reset_after
+        if remaining is not None and reset_after is not None:
+            if status == 429:
+                remaining = 0.0
+            elif reset_after < TAIL_GUARD_MAX and reset_after < tail_guard(info.window):
                 # The last moments of a window are not spent: a request sent now may reach the
                 # upstream after its reset and count in the next window, which the mirror will
                 # hand out in full.
                 remaining = 0.0
-            return Observation(remaining, info.reset_after, info.limit, info.window)
+            return Observation(remaining, reset_after, info.limit, info.window)
         if status == 429:
             # Refused with no hint of when to come back: a short shared cooldown, doubling.
             return Observation(0.0, self.backoff(attempt))
