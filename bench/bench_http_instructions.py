@@ -18,6 +18,7 @@ benchmark, bench_http.py: >= 0.95x).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -71,6 +72,8 @@ def instructions(kind: str, url: str, n: int) -> int:
         capture_output=True,
         text=True,
         check=True,
+        # The same string hashes in every run: dict and set probes (and so the count) repeat.
+        env={**os.environ, "PYTHONHASHSEED": "0"},
     )
     for line in out.stderr.splitlines():
         if "Collected :" in line:
