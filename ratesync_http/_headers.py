@@ -318,15 +318,8 @@ def _x_plain(lines: RateLimitLines, status: int, now: float, names: dict[str, in
         values[names[name]] = value
     limit, remaining, used, reset_after, reset = values
     if reset_after is None and reset is not None:
-        if reset > EPOCH_MILLISECONDS_THRESHOLD:
-            reset_after = reset / 1000.0 - now
-        elif reset > EPOCH_SECONDS_THRESHOLD:
-            reset_after = reset - now
-        else:
-            reset_after = reset
-        if reset_after < 0.0:
-            reset_after = 0.0
-        elif not reset_after <= MAX_SANE_VALUE:
+        reset_after = max(0.0, _magnitude_delta(reset, now))
+        if reset_after > MAX_SANE_VALUE:
             return None
     if used is not None:
         if limit is None and remaining is not None:
@@ -515,56 +508,41 @@ class _Fields:
             return name, values[0]  # the usual case: one line, one value (already stripped)
         return self._merged(names)
 
-    # The three readers below answer the usual case (one name, one line, a plain number in range)
-    # inline and hand anything else to the general functions, which log what they ignore. Most
-    # values are whole numbers: two C string checks answer before the regex (isdigit alone would
-    # admit other scripts' digits and superscripts).
+    # The three readers below answer the usual case (one name, one line, a plain number) without
+    # the merging of ``single`` and hand anything else to the general functions, which log what
+    # they ignore.
+
+    def _plain(self, names: tuple[str, ...]) -> float | None:
+        """The value of the usual case: one name, which came once, as a plain decimal number."""
+        if len(names) == 1:
+            values = self._lines.get(names[0])
+            if values is not None and len(values) == 1:
+                text = values[0]
+                # Most values are whole numbers: two C string checks answer before the regex
+                # (isdigit alone would admit other scripts' digits and superscripts).
+                if (text.isdigit() and text.isascii()) or _NUMBER_RE.fullmatch(text) is not None:
+                    return float(text)
+        return None
 
     def number(self, names: tuple[str, ...]) -> float | None:
         """``_number(self.single(names))``."""
-        if len(names) == 1:
-            values = self._lines.get(names[0])
-            if values is None:
-                return None
-            text = values[0] if len(values) == 1 else ""
-            if (text.isdigit() and text.isascii()) or _NUMBER_RE.fullmatch(text) is not None:
-                value = float(text)
-                if value <= MAX_SANE_VALUE:
-                    return value
+        value = self._plain(names)
+        if value is not None and value <= MAX_SANE_VALUE:
+            return value
         return _number(self.single(names))
 
     def reset(self, names: tuple[str, ...], now: float) -> float | None:
         """``_reset(self.single(names), now)``."""
-        if len(names) == 1:
-            values = self._lines.get(names[0])
-            if values is None:
-                return None
-            text = values[0] if len(values) == 1 else ""
-            if (text.isdigit() and text.isascii()) or _NUMBER_RE.fullmatch(text) is not None:
-                value = float(text)
-                if value > EPOCH_MILLISECONDS_THRESHOLD:
-                    delta = value / 1000.0 - now
-                elif value > EPOCH_SECONDS_THRESHOLD:
-                    delta = value - now
-                else:
-                    delta = value
-                if delta < 0.0:
-                    return 0.0
-                if delta <= MAX_SANE_VALUE:  # False for NaN
-                    return delta
+        value = self._plain(names)
+        if value is not None:
+            return _from_magnitude(names[0], value, value, now)
         return _reset(self.single(names), now)
 
     def duration(self, names: tuple[str, ...]) -> float | None:
         """``_duration(self.single(names))``."""
-        if len(names) == 1:
-            values = self._lines.get(names[0])
-            if values is None:
-                return None
-            text = values[0] if len(values) == 1 else ""
-            if (text.isdigit() and text.isascii()) or _NUMBER_RE.fullmatch(text) is not None:
-                value = float(text)
-                if value <= MAX_SANE_VALUE:
-                    return value
+        value = self._plain(names)
+        if value is not None and value <= MAX_SANE_VALUE:
+            return value
         return _duration(self.single(names))
 
     def _merged(self, names: tuple[str, ...]) -> tuple[str, str] | None:
@@ -608,14 +586,18 @@ def _number(field: tuple[str, str] | None) -> float | None:
     return _sane(name, raw, float(raw))
 
 
-def _from_magnitude(name: str, raw: object, value: float, now: float) -> float | None:
-    """Seconds until a reset given as a bare number, told apart by magnitude."""
+def _magnitude_delta(value: float, now: float) -> float:
+    """Seconds from ``now`` to a reset given as a bare number: epoch ms, epoch s or a delay, by magnitude."""
     if value > EPOCH_MILLISECONDS_THRESHOLD:
-        delta = value / 1000.0 - now
-    elif value > EPOCH_SECONDS_THRESHOLD:
-        delta = value - now
-    else:
-        delta = value
+        return value / 1000.0 - now
+    if value > EPOCH_SECONDS_THRESHOLD:
+        return value - now
+    return value
+
+
+def _from_magnitude(name: str, raw: object, value: float, now: float) -> float | None:
+    """Seconds until a reset given as a bare number, told apart by magnitude (past: 0)."""
+    delta = _magnitude_delta(value, now)
     if math.isnan(delta):
         _ignore(name, raw, "out-of-range")
         return None
