@@ -32,7 +32,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 from urllib.parse import urlsplit
@@ -633,20 +633,23 @@ class SQLiteStore(Store):
         self, cursor: sqlite3.Cursor, sql: str, params: Any, exc: sqlite3.OperationalError, started: float
     ) -> list[Any]:
         """Run a write statement again after ``exc``: the busy cases SQLite does not wait for (see :meth:`_begin`)."""
-        deadline = started + self.busy_timeout
-        delay = 0.001
-        while True:
+        for pause in self._busy_pauses(started):
             if not _is_busy(exc):
-                raise exc
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise exc
-            time.sleep(min(delay, left))
-            delay = min(delay * 2, 0.05)
+                break
+            time.sleep(pause)
             try:
                 return cursor.execute(sql, params).fetchall()
             except sqlite3.OperationalError as again:
                 exc = again
+        raise exc
+
+    def _busy_pauses(self, started: float) -> Iterator[float]:
+        """Pauses before each retry of a busy statement (sync and async alike): doubling, within the busy timeout."""
+        deadline = started + self.busy_timeout
+        delay = 0.001
+        while (left := deadline - time.monotonic()) > 0:
+            yield min(delay, left)
+            delay = min(delay * 2, 0.05)
 
     def _acquire_one(self, slot: Slot, cost: int, max_wait: float) -> Decision:
         """The hot path, one limit on the sync side: the steps of ``_op_acquire`` and ``_run`` inline.
@@ -735,20 +738,15 @@ class SQLiteStore(Store):
     async def _aretry_busy(
         self, conn: aiosqlite.Connection, sql: str, params: Any, exc: sqlite3.OperationalError, started: float
     ) -> list[Any]:
-        deadline = started + self.busy_timeout
-        delay = 0.001
-        while True:
+        for pause in self._busy_pauses(started):
             if not _is_busy(exc):
-                raise exc
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise exc
-            await asyncio.sleep(min(delay, left))
-            delay = min(delay * 2, 0.05)
+                break
+            await asyncio.sleep(pause)
             try:
                 return list(await conn.execute_fetchall(sql, params))
             except sqlite3.OperationalError as again:
                 exc = again
+        raise exc
 
     def _peek(self, slots: Sequence[Slot]) -> Decision:
         # One SELECT is one read transaction: a consistent snapshot of every key, no write lock.

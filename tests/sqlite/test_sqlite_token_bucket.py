@@ -290,3 +290,44 @@ def test_a_row_left_by_a_stale_first_call_means_no_state(tmp_path: Path) -> None
     d = store.acquire([("{n}#0", spec)])
     assert d.allowed and d.remaining == 4
     store.close()
+
+
+class _FlakyCursor:
+    """Answers ``execute`` with the errors given, in order, then with ``rows``."""
+
+    def __init__(self, errors: list[Exception], rows: list[Any]) -> None:
+        self.errors = errors
+        self.rows = rows
+        self.calls = 0
+
+    def execute(self, sql: str, params: Any) -> _FlakyCursor:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return self
+
+    def fetchall(self) -> list[Any]:
+        return self.rows
+
+
+def test_busy_statements_are_retried_within_the_busy_timeout(tmp_path: Any) -> None:
+    import sqlite3
+    import time
+
+    store = SQLiteStore(str(tmp_path / "busy.db"), busy_timeout=0.5)
+    busy = sqlite3.OperationalError("database is locked")
+    # Busy once more, then answered: the rows come back.
+    cursor = _FlakyCursor([sqlite3.OperationalError("database is locked")], [(1.0,)])
+    assert store._retry_busy(cursor, "x", (), busy, time.monotonic()) == [(1.0,)]  # type: ignore[arg-type]
+    assert cursor.calls == 2
+    # Another error during the retries is raised at once, not retried.
+    other = sqlite3.OperationalError("no such table: x")
+    cursor = _FlakyCursor([other], [])
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        store._retry_busy(cursor, "x", (), busy, time.monotonic())  # type: ignore[arg-type]
+    assert cursor.calls == 1
+    # Busy past the timeout: the last busy error is raised.
+    started = time.monotonic() - 1.0
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        store._retry_busy(_FlakyCursor([], []), "x", (), busy, started)  # type: ignore[arg-type]
+    store.close()
