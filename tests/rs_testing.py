@@ -33,3 +33,13 @@ def require_service(name: str) -> tuple[str, int]:
             pytest.fail(f"{message} (CI=true: a missing service is a failure; scripts/test.sh starts it)")
         pytest.skip(message)
     return host, port
+
+
+class ManualClock:
+    """A clock a test sets by hand (``clock.now += 1.0``), for stores that take ``clock=``."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from rs_testing import ManualClock
 
 from ratesync._algorithms import (
     Decision,
@@ -41,18 +42,10 @@ KEYS = ["{h}#0", "{h}#1", "{h}#2", "{h}#3"]
 LEASE_KEYS = ["{h}#lease", "{g}#lease"]
 
 
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class Reference:
     """The pure functions, with the expiry rule every store follows (``state_ttl``)."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: ManualClock) -> None:
         self.clock = clock
         self.states: dict[str, tuple[Any, float]] = {}
         self.leases: dict[str, dict[str, float]] = {}
@@ -151,7 +144,7 @@ def never_admissible_reservation(slots: list[tuple[str, Spec]], cost: int, max_w
 
 
 async def apply(
-    store: SQLiteStore, ref: Reference, clock: Clock, limits: tuple[Spec, ...], ops: list[Any], mode: str
+    store: SQLiteStore, ref: Reference, clock: ManualClock, limits: tuple[Spec, ...], ops: list[Any], mode: str
 ) -> None:
     """Run ``ops`` on both; ``mode`` "sync", "async" or "mixed" (alternating) picks the store's side."""
     for i, op in enumerate(ops):
@@ -205,7 +198,7 @@ async def apply(
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(limits=specs, ops=operations, start=starts)
 def test_memory_database_matches_the_reference(limits: tuple[Spec, ...], ops: list[Any], start: float) -> None:
-    clock = Clock(start)
+    clock = ManualClock(start)
     store = SQLiteStore(":memory:", clock=clock)
     try:
         asyncio.run(apply(store, Reference(clock), clock, limits, ops, "sync"))
@@ -218,7 +211,7 @@ def test_memory_database_matches_the_reference(limits: tuple[Spec, ...], ops: li
 def test_file_database_matches_the_reference_sync_and_async(
     limits: tuple[Spec, ...], ops: list[Any], start: float, mode: str
 ) -> None:
-    clock = Clock(start)
+    clock = ManualClock(start)
     with tempfile.TemporaryDirectory() as folder:
         store = SQLiteStore(Path(folder) / "ref.db", clock=clock)
 

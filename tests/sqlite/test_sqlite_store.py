@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rs_testing import ManualClock
 
 import ratesync
 from ratesync import (
@@ -35,16 +36,6 @@ from ratesync._stores.sqlite import LEASE_TABLE, STATE_TABLE, SQLiteStore, parse
 pytestmark = pytest.mark.sqlite
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class Clock:
-    """A settable store clock (seconds since the epoch, like ``time.time``)."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -255,7 +246,7 @@ def test_missing_aiosqlite_names_the_extra(db: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_every_algorithm_round_trips_through_the_file(db: Path) -> None:
-    clock = Clock()
+    clock = ManualClock()
     slots = {
         "tb": [("{r}#0", TokenBucket(rate_per_second=0.5, burst=3))],
         "sw": [("{r}#1", SlidingWindow(limit=3, window_seconds=60.0))],
@@ -296,7 +287,7 @@ def test_combined_limits_write_all_or_nothing(store: SQLiteStore) -> None:
 
 def test_expired_state_is_ignored_then_swept(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sqlite_module, "_SWEEP_EVERY", 10)
-    clock = Clock()
+    clock = ManualClock()
     store = SQLiteStore(db, clock=clock)
     spec = FixedWindow(limit=1, window_seconds=10.0)
     for i in range(200):

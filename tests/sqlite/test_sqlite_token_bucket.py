@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from rs_testing import ManualClock
 
 from ratesync._algorithms import Decision, FixedWindow, Spec, TokenBucket, decide, state_ttl
 from ratesync._stores import sqlite as sqlite_module
@@ -31,18 +32,10 @@ pytestmark = pytest.mark.sqlite
 KEYS = ["{tb}#0", "{tb}#1"]
 
 
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class Reference:
     """The pure functions with the stores' expiry rule."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: ManualClock) -> None:
         self.clock = clock
         self.states: dict[str, tuple[Any, float, type]] = {}
 
@@ -98,7 +91,7 @@ operations = st.lists(
 starts = st.sampled_from([1_700_000_000.0, 1_700_000_000.123456, 86_400.0 * 19_000 + 0.5])
 
 
-async def apply(store: SQLiteStore, clock: Clock, spec: TokenBucket, ops: list[Any], mode: str) -> int:
+async def apply(store: SQLiteStore, clock: ManualClock, spec: TokenBucket, ops: list[Any], mode: str) -> int:
     """Run ``ops`` on the store and on the reference; returns how many token bucket calls were run.
 
     Every token bucket call must be decided by the statement (and a read for refusals), none in
@@ -150,7 +143,7 @@ async def apply(store: SQLiteStore, clock: Clock, spec: TokenBucket, ops: list[A
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=buckets, ops=operations, start=starts, mode=st.sampled_from(["sync", "async", "mixed"]))
 def test_the_statement_decides_as_the_reference(spec: TokenBucket, ops: list[Any], start: float, mode: str) -> None:
-    clock = Clock(start)
+    clock = ManualClock(start)
     with tempfile.TemporaryDirectory() as folder, pytest.MonkeyPatch.context() as mp:
         mp.setattr(sqlite_module, "_SWEEP_EVERY", 10**9)  # the sweep's transaction is not under test here
         store = SQLiteStore(Path(folder) / "tb.db", clock=clock)
@@ -169,7 +162,7 @@ def test_the_statement_decides_as_the_reference(spec: TokenBucket, ops: list[Any
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=buckets, ops=operations, start=starts)
 def test_without_returning_the_transaction_decides_the_same(spec: TokenBucket, ops: list[Any], start: float) -> None:
-    clock = Clock(start)
+    clock = ManualClock(start)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(sqlite_module, "_ONE_STATEMENT", False)  # SQLite before 3.35.5
         store = SQLiteStore(":memory:", clock=clock)
@@ -198,7 +191,7 @@ def test_the_sweep_runs_in_the_transaction_of_the_call_that_makes_it_due(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sqlite_module, "_SWEEP_EVERY", 4)
-    clock = Clock(1_700_000_000.0)
+    clock = ManualClock(1_700_000_000.0)
     store = SQLiteStore(tmp_path / "sweep.db", clock=clock)
     paths = Paths(store)
     spec = FixedWindow(limit=1, window_seconds=1.0)

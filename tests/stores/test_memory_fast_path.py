@@ -7,17 +7,10 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rs_testing import ManualClock
 
 from ratesync import FixedWindow, MemoryStore, Observation, Quota, SlidingWindow, TokenBucket
 from ratesync._algorithms import Decision, decide, quota_observe, state_ttl, token_bucket
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @given(
@@ -35,7 +28,7 @@ class Clock:
 )
 @settings(max_examples=300, deadline=None)
 def test_fast_path_matches_the_reference(rate: float, burst: int, ops: list[tuple[float, int, float]]) -> None:
-    clock = Clock()
+    clock = ManualClock(100.0)
     store = MemoryStore(clock=clock)
     spec = TokenBucket(rate, burst)
     interval = 1.0 / rate
@@ -113,7 +106,7 @@ class _Reference:
 def test_several_limits_match_decide(specs: list[Any], ops: list[tuple[float, int, float, Observation | None]]) -> None:
     # The inlined admitted-now path for several limits (a host's bucket and its learned quota, say)
     # gives decide's decisions and leaves the states decide would: every call's answer must match.
-    clock = Clock()
+    clock = ManualClock(100.0)
     store = MemoryStore(clock=clock)
     reference = _Reference()
     slots = [(f"k{i}", spec) for i, spec in enumerate(specs)]
