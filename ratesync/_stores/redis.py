@@ -41,6 +41,7 @@ try:
     import redis.asyncio.cluster
     import redis.cluster
     import redis.exceptions
+    from redis.asyncio.retry import Retry as AsyncRetry
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 except ImportError as exc:  # pragma: no cover - exercised only without the extra installed
@@ -531,13 +532,15 @@ class RedisStore(Store):
 
     # -- clients -----------------------------------------------------------------------------
 
-    def _connection_kwargs(self) -> dict[str, Any]:
+    def _connection_kwargs(self, *, asynchronous: bool = False) -> dict[str, Any]:
+        # No retries: an acquire is not idempotent (a retried call that had reached the server
+        # would charge twice), and a dead server must fail fast into the outage policy. Each side
+        # gets its own kind of Retry: redis-py 8 warns when an asyncio client is given a sync one.
+        retry = AsyncRetry(NoBackoff(), 0) if asynchronous else Retry(NoBackoff(), 0)
         return {
             "socket_timeout": self.socket_timeout,
             "socket_connect_timeout": self.connect_timeout,
-            # No retries: an acquire is not idempotent (a retried call that had reached the server
-            # would charge twice), and a dead server must fail fast into the outage policy.
-            "retry": Retry(NoBackoff(), 0),
+            "retry": retry,
         }
 
     def _pool_timeout(self) -> float:
@@ -560,7 +563,7 @@ class RedisStore(Store):
         return redis.Redis(connection_pool=pool)
 
     def _make_async_client(self) -> Any:
-        kwargs = self._connection_kwargs()
+        kwargs = self._connection_kwargs(asynchronous=True)
         if self.cluster:
             return redis.asyncio.cluster.RedisCluster.from_url(
                 self._client_url, max_connections=self.pool_size, **kwargs
