@@ -32,11 +32,24 @@ DEFAULT_MAX_COOLDOWN = 3600.0
 DEFAULT_RETRIES = 2
 DEFAULT_BACKOFF = 1.0
 DEFAULT_PROBE_WAIT = 2.0
+DEFAULT_LEARN_INTERVAL = 0.05
 DEFAULT_LEASE_SECONDS = 60.0
 
 #: Keys of ``[http]`` itself.
 SETTINGS_KEYS = frozenset(
-    {"store", "learn", "max_cooldown", "retries", "timeout", "backoff", "probe_wait", "default", "hosts", "endpoints"}
+    {
+        "store",
+        "learn",
+        "learn_interval",
+        "max_cooldown",
+        "retries",
+        "timeout",
+        "backoff",
+        "probe_wait",
+        "default",
+        "hosts",
+        "endpoints",
+    }
 )
 #: Keys a rule may carry besides its limits.
 RULE_KEYS = LIMIT_KEYS | frozenset({"limits", "limiter", "key", "max_concurrent", "lease_seconds", "timeout", "learn"})
@@ -106,6 +119,9 @@ class HttpConfig:
     backoff: float = DEFAULT_BACKOFF
     #: How long other requests to a host wait for the first response's headers (0: don't).
     probe_wait: float = DEFAULT_PROBE_WAIT
+    #: While a learned quota is far from exhausted, responses are read at most this often per
+    #: quota (seconds; 0: every response). Near exhaustion every response is read.
+    learn_interval: float = DEFAULT_LEARN_INTERVAL
     default: HttpRule | None = None
     hosts: Mapping[str, HttpRule] = field(default_factory=dict)
     endpoints: tuple[EndpointRule, ...] = ()
@@ -142,6 +158,9 @@ def parse_http_config(table: Mapping[str, Any] | None, *, path: str | None = Non
         timeout = None if timeout is None else as_float(timeout, "timeout", allow_zero=True)
         backoff = as_float(table.get("backoff", DEFAULT_BACKOFF), "backoff", allow_zero=True)
         probe_wait = as_float(table.get("probe_wait", DEFAULT_PROBE_WAIT), "probe_wait", allow_zero=True)
+        learn_interval = as_float(
+            table.get("learn_interval", DEFAULT_LEARN_INTERVAL), "learn_interval", allow_zero=True
+        )
     except ConfigurationError as exc:
         raise ConfigurationError(exc.detail, path=path, table="http", key=exc.key) from None
 
@@ -175,6 +194,7 @@ def parse_http_config(table: Mapping[str, Any] | None, *, path: str | None = Non
         timeout=timeout,
         backoff=backoff,
         probe_wait=probe_wait,
+        learn_interval=learn_interval,
         default=default,
         hosts=hosts,
         endpoints=endpoints,

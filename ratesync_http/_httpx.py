@@ -105,8 +105,8 @@ class RateLimitedTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
     replace single settings: ``hosts`` (``{"api.github.com": {"rate_per_second": 10}}``),
     ``endpoints`` (``[{"host": ..., "route": "GET /repos/{owner}/{repo}", ...}]``), ``default``,
     ``store`` (a store id or a :class:`ratesync.Store`), ``learn``, ``retries``, ``max_cooldown``,
-    ``timeout``, ``backoff``, ``probe_wait``. ``registry`` resolves limiter and store names
-    (default: :data:`ratesync.default_registry`).
+    ``timeout``, ``backoff``, ``probe_wait``, ``learn_interval``. ``registry`` resolves limiter and
+    store names (default: :data:`ratesync.default_registry`).
 
     Per request: ``extensions={"ratesync": {"limiter": "name"}}`` or ``{"ratesync": {"skip": True}}``
     (see docs/http.md for every key). The body is never read here; a request holding a
@@ -128,6 +128,7 @@ class RateLimitedTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
         timeout: float | None = None,
         backoff: float | None = None,
         probe_wait: float | None = None,
+        learn_interval: float | None = None,
         registry: Registry | None = None,
         sleep: Callable[[float], None] = time.sleep,
         async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -145,6 +146,7 @@ class RateLimitedTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
             timeout=timeout,
             backoff=backoff,
             probe_wait=probe_wait,
+            learn_interval=learn_interval,
         )
         self._given = transport
         self._sync: httpx.BaseTransport | None = transport if isinstance(transport, httpx.BaseTransport) else None
@@ -235,7 +237,7 @@ class RateLimitedTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
                     permit.release()
                     raise
                 try:
-                    verdict = learn(policy, plan, response.status_code, _lines(response.headers), attempt)
+                    verdict = learn(policy, plan, response.status_code, response.headers, _lines, attempt)
                 except BaseException:
                     try:
                         response.close()
@@ -293,7 +295,7 @@ class RateLimitedTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
                     await permit.arelease()
                     raise
                 try:
-                    verdict = await alearn(policy, plan, response.status_code, _lines(response.headers), attempt)
+                    verdict = await alearn(policy, plan, response.status_code, response.headers, _lines, attempt)
                 except BaseException:
                     try:
                         await response.aclose()

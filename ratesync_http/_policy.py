@@ -25,7 +25,8 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +66,12 @@ EXTENSION = "ratesync"
 CONTROL_KEYS = frozenset({"skip", "limiter", "key", "cost", "timeout", "retries", "learn"})
 _PLAN_CACHE_SIZE = 4096
 _GATE_LIMIT = 100_000
+
+#: A learned quota is "far from exhausted", and its responses may go unread for up to
+#: ``learn_interval``, while the upstream's last word left more than this share of its limit...
+LEARN_MARGIN_SHARE = 0.25
+#: ... and more than this many requests (a floor for small or unstated limits).
+LEARN_MARGIN_MIN = 32.0
 
 
 #: Longest tail of a window left unspent (see :func:`tail_guard`).
@@ -243,6 +250,9 @@ class HttpMetrics:
     degraded: int
     #: Responses not yet closed that hold a concurrency lease.
     leases_held: int
+    #: Responses not read because their quota was far from exhausted and another response of it
+    #: had been read less than ``learn_interval`` before (see docs/http.md, "Learning").
+    unread: int = 0
 
 
 class HttpPolicy:
@@ -265,6 +275,10 @@ class HttpPolicy:
         self._learned: set[str] = set()
         self._gates: dict[str, threading.Event] = {}
         self._waiters: dict[str, _Waiters] = {}
+        #: Per quota key: until when, and for how many more responses, responses may go unread.
+        self.unread_until: dict[str, UnreadBudget] = {}
+        #: The clock of ``learn_interval`` (replaceable in tests).
+        self.clock: Callable[[], float] = time.monotonic
         self.reset_metrics()
 
     def __repr__(self) -> str:
@@ -442,6 +456,41 @@ class HttpPolicy:
             return Observation(0.0, self.backoff(attempt))
         return None
 
+    def read_less(self, key: str, info: RateLimitInfo, status: int) -> None:
+        """After a response of quota ``key`` was read: may the next ones go unread, and how many?
+
+        Reading and folding every response costs more CPU than the rest of the request path
+        together, and while the upstream's quota is far from exhausted it teaches next to nothing
+        that the store's mirror does not already count (every process sharing the store charges
+        it). So while the last response read left more than a margin (a quarter of the limit, at
+        least ``LEARN_MARGIN_MIN``), the following responses of that quota are not read for up to
+        ``learn_interval`` seconds, and at most as many of them as the margin leaves; never past
+        the tail of the window (the first response of the next one is read), never a 403, 429 or
+        503. What goes unseen is only what clients outside the store spent in that interval.
+        """
+        interval = self.config.learn_interval
+        remaining = info.remaining
+        if interval <= 0.0 or remaining is None or info.blocked or status in ALWAYS_PARSE:
+            self.unread_until.pop(key, None)
+            return
+        limit = info.limit
+        margin = LEARN_MARGIN_MIN if limit is None else max(LEARN_MARGIN_MIN, LEARN_MARGIN_SHARE * limit)
+        left = remaining - margin
+        span = interval
+        reset_after = info.reset_after
+        if reset_after is not None:
+            span = min(span, reset_after - tail_guard(info.window))
+        if left < 1.0 or span <= 0.0:
+            self.unread_until.pop(key, None)
+            return
+        budget = self.unread_until.get(key)
+        if budget is None:
+            if len(self.unread_until) >= _GATE_LIMIT:
+                self.unread_until.clear()
+            budget = self.unread_until[key] = UnreadBudget()
+        budget.until = self.clock() + span
+        budget.left = int(min(left, 1e9))
+
     def backoff(self, attempt: int) -> float:
         return min(self.config.backoff * (2.0**attempt), self.config.max_cooldown)
 
@@ -551,6 +600,7 @@ class HttpPolicy:
         self.skipped = 0
         self.degraded = 0
         self.leases_held = 0
+        self.unread = 0
 
     def record_wait(self, seconds: float) -> None:
         self.waits += 1
@@ -580,7 +630,20 @@ class HttpPolicy:
             skipped=self.skipped,
             degraded=self.degraded,
             leases_held=self.leases_held,
+            unread=self.unread,
         )
+
+
+class UnreadBudget:
+    """How long, and for how many responses, the responses of one quota may go unread."""
+
+    # Updated without a lock: a lost decrement between threads lets one more response go unread
+    # within the same interval, which the margin covers.
+    __slots__ = ("left", "until")
+
+    def __init__(self) -> None:
+        self.until = 0.0
+        self.left = 0
 
 
 _DEFAULT_STORE_LOCK = threading.Lock()
@@ -608,6 +671,7 @@ def make_policy(
     timeout: float | None = None,
     backoff: float | None = None,
     probe_wait: float | None = None,
+    learn_interval: float | None = None,
 ) -> HttpPolicy:
     """Build the policy of a transport or adapter: the ``[http]`` table, changed by keyword arguments.
 
@@ -632,6 +696,7 @@ def make_policy(
         "timeout": timeout,
         "backoff": backoff,
         "probe_wait": probe_wait,
+        "learn_interval": learn_interval,
     }
     if hosts is not None:
         from ._config import check_host_pattern
@@ -649,7 +714,7 @@ def make_policy(
         store_obj = store
     elif store is not None:
         changes["store"] = store
-    for name in ("learn", "retries", "max_cooldown", "timeout", "backoff", "probe_wait"):
+    for name in ("learn", "retries", "max_cooldown", "timeout", "backoff", "probe_wait", "learn_interval"):
         value = changes[name]
         if value is not None:
             # The same checks as the file's keys.

@@ -135,6 +135,7 @@ class RateLimitedAdapter(HTTPAdapter):
         timeout: float | None = None,
         backoff: float | None = None,
         probe_wait: float | None = None,
+        learn_interval: float | None = None,
         registry: Registry | None = None,
         sleep: Callable[[float], None] = time.sleep,
         policy: HttpPolicy | None = None,
@@ -154,6 +155,7 @@ class RateLimitedAdapter(HTTPAdapter):
             timeout=timeout,
             backoff=backoff,
             probe_wait=probe_wait,
+            learn_interval=learn_interval,
         )
         self._inner = adapter
         self._sleep = sleep
@@ -232,7 +234,7 @@ class RateLimitedAdapter(HTTPAdapter):
                     permit.release()
                     raise
                 try:
-                    verdict = learn(policy, plan, response.status_code, rate_limit_lines(response.headers), attempt)
+                    verdict = learn(policy, plan, response.status_code, response.headers, rate_limit_lines, attempt)
                 except BaseException:
                     try:
                         response.close()

@@ -14,6 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from ratesync import RateLimitTimeout
 from ratesync._limiter import LEASE_POLL_SECONDS, _new_lease_id
@@ -26,6 +27,9 @@ __all__ = ["NO_PERMIT", "Permit", "aacquire", "acquire", "alearn", "learn"]
 logger = logging.getLogger("ratesync_http")
 
 _PROBE_POLL = 0.005
+
+#: A response's headers, in whatever form the client has them (read only when needed).
+H = TypeVar("H")
 
 
 class Permit:
@@ -160,23 +164,48 @@ def _info(status: int, lines: RateLimitLines) -> RateLimitInfo | None:
     return parse_lines(lines, status=status)
 
 
-def learn(policy: HttpPolicy, plan: Plan, status: int, lines: RateLimitLines, attempt: int) -> Verdict:
-    """Fold a response's rate-limit headers (``lines``, see ``rate_limit_lines``) into the store; decide on a retry.
+def _unread(policy: HttpPolicy, key: str | None, status: int) -> bool:
+    """Whether this response may go unread (see :meth:`HttpPolicy.read_less`); counts it if so."""
+    if key is None:
+        # Not learning: only a 429 or 503 needs its headers (for the wait before a retry).
+        if status in RETRY_STATUSES:
+            return False
+    else:
+        budget = policy.unread_until.get(key)
+        if budget is None or budget.left <= 0 or status in ALWAYS_PARSE or policy.clock() >= budget.until:
+            return False
+        budget.left -= 1
+        policy.unread += 1
+    policy.sent += 1  # record_status of a status that is neither 429 nor 503
+    return True
 
-    At most one store call: the observation, only when the response taught something.
+
+def learn(
+    policy: HttpPolicy, plan: Plan, status: int, headers: H, read: Callable[[H], RateLimitLines], attempt: int
+) -> Verdict:
+    """Fold what a response's rate-limit headers say into the store; decide on a retry.
+
+    ``read(headers)`` gives the lines (see ``rate_limit_lines``); it is not called for a response
+    that goes unread (:meth:`HttpPolicy.read_less`). At most one store call: the observation,
+    only when the response taught something.
     """
+    key = plan.quota_key
+    if _unread(policy, key, status):
+        return NO_RETRY
     policy.record_status(status)
-    info = _info(status, lines)
+    info = _info(status, read(headers))
     stored = False
-    if info is not None and plan.quota_key is not None:
+    if info is not None and key is not None:
         obs = policy.observation(info, status, attempt)
         if obs is not None:
             try:
-                policy.store.observe(plan.quota_key, policy.quota_spec, obs)
+                policy.store.observe(key, policy.quota_spec, obs)
                 policy.learned += 1
                 stored = True
             except Exception as exc:  # learning must never fail the caller's request
                 logger.debug("rate-sync: could not record what %s said: %s", plan.label, exc)
+        if stored:
+            policy.read_less(key, info, status)
     policy.heard(plan, stored)
     if status not in RETRY_STATUSES:
         return NO_RETRY  # the usual answer, without a call
@@ -260,20 +289,27 @@ async def _leases_async(policy: HttpPolicy, plan: Plan, timeout: float | None) -
     return held
 
 
-async def alearn(policy: HttpPolicy, plan: Plan, status: int, lines: RateLimitLines, attempt: int) -> Verdict:
+async def alearn(
+    policy: HttpPolicy, plan: Plan, status: int, headers: H, read: Callable[[H], RateLimitLines], attempt: int
+) -> Verdict:
     """Async twin of :func:`learn`."""
+    key = plan.quota_key
+    if _unread(policy, key, status):
+        return NO_RETRY
     policy.record_status(status)
-    info = _info(status, lines)
+    info = _info(status, read(headers))
     stored = False
-    if info is not None and plan.quota_key is not None:
+    if info is not None and key is not None:
         obs = policy.observation(info, status, attempt)
         if obs is not None:
             try:
-                await policy.store.aobserve(plan.quota_key, policy.quota_spec, obs)
+                await policy.store.aobserve(key, policy.quota_spec, obs)
                 policy.learned += 1
                 stored = True
             except Exception as exc:  # learning must never fail the caller's request
                 logger.debug("rate-sync: could not record what %s said: %s", plan.label, exc)
+        if stored:
+            policy.read_less(key, info, status)
     policy.heard(plan, stored)
     if status not in RETRY_STATUSES:
         return NO_RETRY  # the usual answer, without a call

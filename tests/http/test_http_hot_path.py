@@ -1,8 +1,10 @@
 """What one request costs the store, and the caches that keep the rest cheap.
 
 A request is one store call to be admitted (every limit of its host's hash tag, the learned quota
-included) and, when its response teaches something, one more to learn it; a response without
-rate-limit headers costs nothing more. Plans are cached per route shape, not per URL.
+included) and, when its response is read and teaches something, one more to learn it; a response
+without rate-limit headers costs nothing more. Plans are cached per route shape, not per URL.
+These tests read every response (``learn_interval=0``); test_http_read_less.py covers the
+responses that go unread while a quota is far from exhausted.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def transport_with(store: CountingStore, headers: dict[str, str], **options: Any
 @pytest.mark.parametrize(("headers", "per_request"), [(HEADERS, ["acquire", "observe"]), ({}, ["acquire"])])
 def test_store_calls_per_request(headers: dict[str, str], per_request: list[str]) -> None:
     store = CountingStore()
-    transport = transport_with(store, headers)
+    transport = transport_with(store, headers, learn_interval=0)
     with httpx.Client(transport=transport) as client:
         client.get("https://api.example.com/first")
         store.calls.clear()
@@ -69,7 +71,7 @@ def test_store_calls_per_request(headers: dict[str, str], per_request: list[str]
 
 async def test_async_store_calls_per_request() -> None:
     store = CountingStore()
-    transport = transport_with(store, HEADERS)
+    transport = transport_with(store, HEADERS, learn_interval=0)
     async with httpx.AsyncClient(transport=transport) as client:
         for _ in range(3):
             await client.get("https://api.example.com/")
@@ -91,7 +93,10 @@ def test_adapter_store_calls_per_request() -> None:
             pass
 
     with requests.Session() as session:
-        session.mount("https://", RateLimitedAdapter(Canned(), registry=ratesync.Registry(), store=store, hosts=RULE))
+        session.mount(
+            "https://",
+            RateLimitedAdapter(Canned(), registry=ratesync.Registry(), store=store, hosts=RULE, learn_interval=0),
+        )
         for _ in range(3):
             assert session.get("https://api.example.com/").status_code == 200
     assert store.calls == ["acquire", "observe"] * 3
