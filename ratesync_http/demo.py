@@ -109,7 +109,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
             f"  429s received        {stats.rejected}\n"
             f"  time spent waiting   {m.wait_seconds_total:.1f} s over {m.waits} waits "
             f"(longest {m.wait_seconds_max:.2f} s), summed over the workers\n"
-            f"  learned from headers {m.learned} responses\n"
+            f"  learned from headers {m.learned} responses ({m.unread} unread, their quota far from exhausted)\n"
         )
         success = stats.rejected == 0 and ok == args.requests
         out.write("\nOK: no request was refused.\n" if success else "\nFAILED: some requests were refused.\n")
