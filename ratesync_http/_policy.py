@@ -275,6 +275,8 @@ class HttpPolicy:
         self._learned: set[str] = set()
         self._gates: dict[str, threading.Event] = {}
         self._waiters: dict[str, _Waiters] = {}
+        #: A gauge, not a counter: ``reset_metrics`` leaves it alone.
+        self.leases_held = 0
         #: Per quota key: until when, and for how many more responses, responses may go unread.
         self.unread_until: dict[str, UnreadBudget] = {}
         #: The clock of ``learn_interval`` (replaceable in tests).
@@ -587,6 +589,7 @@ class HttpPolicy:
     # -- metrics -------------------------------------------------------------------------------
 
     def reset_metrics(self) -> None:
+        """Start the counters over (``leases_held`` counts what is held now, and stays)."""
         self.requests = 0
         self.sent = 0
         self.waits = 0
@@ -599,7 +602,6 @@ class HttpPolicy:
         self.learned = 0
         self.skipped = 0
         self.degraded = 0
-        self.leases_held = 0
         self.unread = 0
 
     def record_wait(self, seconds: float) -> None:

@@ -299,6 +299,8 @@ def test_lease_held_until_streamed_response_is_closed(clock: FakeClock, store: M
     with httpx.Client(transport=transport) as client:
         with client.stream("GET", "https://api.example.com/big") as response:
             assert transport.get_metrics().leases_held == 1
+            transport.reset_metrics()  # counters start over; what is held is still held
+            assert transport.get_metrics().leases_held == 1
             with pytest.raises(RateLimitTimeout):
                 client.get("https://api.example.com/other")
             assert b"".join(response.iter_bytes()) == b"x" * 1000
