@@ -241,6 +241,43 @@ def rate_limit_lines_raw(raw: Iterable[tuple[bytes, bytes]]) -> RateLimitLines |
     return lines
 
 
+#: Lower-cased header names as they came -> ours, or None for a name that is not ours.
+_SEEN_LOWER_NAMES: dict[str, str | None] = {}
+
+
+def rate_limit_lines_lower(items: Iterable[tuple[str, str]]) -> RateLimitLines | None:
+    """:func:`rate_limit_lines` of ``(lower-cased name, value)`` pairs, as requests'
+    ``CaseInsensitiveDict.lower_items()`` gives them.
+
+    ``None`` when a pair needs the general reading (a name with surrounding whitespace, a value
+    that is not a string): call :func:`rate_limit_lines` then.
+    """
+    lines: RateLimitLines = {}
+    seen = _SEEN_LOWER_NAMES
+    for low, value in items:
+        name = seen.get(low, _UNSEEN)
+        if name is _UNSEEN:
+            if type(low) is not str:
+                return None
+            name = low if low in _KNOWN_NAMES else None
+            if name is None and low.strip(_OWS) != low:
+                return None  # stripped, it might be one of ours
+            if len(seen) >= _SEEN_RAW_NAMES_SIZE:
+                seen.clear()
+            seen[low] = name
+        if name is None:
+            continue
+        if type(value) is not str:
+            return None
+        text = value.strip(_OWS)
+        values = lines.get(name)
+        if values is None:
+            lines[name] = [text]
+        else:
+            values.append(text)
+    return lines
+
+
 def parse_lines(lines: RateLimitLines, *, status: int = 200, now: float | None = None) -> RateLimitInfo:
     """:func:`parse_rate_limit_headers` of lines from :func:`rate_limit_lines` (never raises)."""
     if not lines:

@@ -13,11 +13,12 @@ from ratesync import MissingDependencyError, Registry, Store
 try:
     import requests
     from requests.adapters import BaseAdapter, HTTPAdapter
+    from requests.structures import CaseInsensitiveDict
 except ImportError:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("requests", "requests", "ratesync_http.RateLimitedAdapter") from None
 
 from ._config import EndpointRule, HttpConfig, HttpRule
-from ._headers import rate_limit_lines
+from ._headers import RateLimitLines, rate_limit_lines, rate_limit_lines_lower
 from ._policy import NO_CONTROL, HttpMetrics, HttpPolicy, make_policy, parse_control
 from ._runtime import Permit, acquire, learn, wait_gate_sync
 
@@ -55,6 +56,15 @@ def _split(url: str) -> tuple[str, str]:
     if port is not None and port != _DEFAULT_PORTS.get(parts.scheme.lower()):
         host = f"{host}:{port}"
     return host, parts.path or "/"
+
+
+def _lines(headers: Any) -> RateLimitLines:
+    """The rate-limit lines of a response, from the names requests has already lower-cased."""
+    if type(headers) is CaseInsensitiveDict:
+        lines = rate_limit_lines_lower(headers.lower_items())
+        if lines is not None:
+            return lines
+    return rate_limit_lines(headers)
 
 
 class _LeasedRaw:
@@ -234,7 +244,7 @@ class RateLimitedAdapter(HTTPAdapter):
                     permit.release()
                     raise
                 try:
-                    verdict = learn(policy, plan, response.status_code, response.headers, rate_limit_lines, attempt)
+                    verdict = learn(policy, plan, response.status_code, response.headers, _lines, attempt)
                 except BaseException:
                     try:
                         response.close()

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from requests.structures import CaseInsensitiveDict
 
 from ratesync_http import _headers
 from ratesync_http._headers import RateLimitInfo, parse_rate_limit_headers
@@ -68,6 +69,31 @@ def test_raw_lines_are_the_general_lines(pairs: list[tuple[str, str]], encoding:
         values = [value for name, value in pairs if name.lower() in _headers._KNOWN_NAMES]
         if all(value.isascii() for value in values):
             assert fast is not None  # plain headers never need the general reading
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(raw_names, raw_values), max_size=6))
+def test_lower_lines_are_the_general_lines(pairs: list[tuple[str, str]]) -> None:
+    # requests' headers: a CaseInsensitiveDict (the last of names equal but for case wins).
+    headers = CaseInsensitiveDict(dict(pairs))
+    fast = _headers.rate_limit_lines_lower(headers.lower_items())
+    if fast is not None:
+        assert fast == _headers.rate_limit_lines(headers)
+    if all(name == name.strip(" \t") for name in headers):
+        assert fast is not None  # names without surrounding whitespace never need the general reading
+
+
+def test_lower_lines_of_a_typical_response() -> None:
+    headers = CaseInsensitiveDict(
+        {"Content-Type": "application/json", "X-RateLimit-Limit": "5000", "X-RateLimit-Remaining": " 4999 "}
+    )
+    assert _headers.rate_limit_lines_lower(headers.lower_items()) == {
+        "x-ratelimit-limit": ["5000"],
+        "x-ratelimit-remaining": ["4999"],
+    }
+    assert _headers.rate_limit_lines_lower(CaseInsensitiveDict({"Server": "x"}).lower_items()) == {}
+    assert _headers.rate_limit_lines_lower([(" retry-after", "5")]) is None
+    assert _headers.rate_limit_lines_lower([("retry-after", b"5")]) is None  # type: ignore[list-item]
 
 
 @settings(max_examples=300, deadline=None)
