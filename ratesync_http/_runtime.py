@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from ratesync import RateLimitTimeout
+from ratesync import Observation, RateLimitTimeout
 from ratesync._limiter import LEASE_POLL_SECONDS, _new_lease_id
 
 from ._headers import RateLimitInfo, RateLimitLines, parse_lines
@@ -180,6 +180,29 @@ def _unread(policy: HttpPolicy, key: str | None, status: int) -> bool:
     return True
 
 
+def _lesson(
+    policy: HttpPolicy, key: str | None, status: int, headers: H, read: Callable[[H], RateLimitLines], attempt: int
+) -> tuple[RateLimitInfo | None, Observation | None]:
+    """What a response that is read says, and what of it to fold into the quota (twins' shared part)."""
+    policy.record_status(status)
+    info = _info(status, read(headers))
+    if info is None or key is None:
+        return info, None
+    return info, policy.observation(info, status, attempt)
+
+
+def _verdict(
+    policy: HttpPolicy, plan: Plan, info: RateLimitInfo | None, status: int, attempt: int, stored: bool
+) -> Verdict:
+    """After the store call (if any): how soon to read again, what was heard, whether to retry."""
+    if stored and plan.quota_key is not None and info is not None:
+        policy.read_less(plan.quota_key, info, status)
+    policy.heard(plan, stored)
+    if status not in RETRY_STATUSES:
+        return NO_RETRY  # the usual answer, without a call
+    return policy.verdict(info, status, attempt, stored)
+
+
 def learn(
     policy: HttpPolicy, plan: Plan, status: int, headers: H, read: Callable[[H], RateLimitLines], attempt: int
 ) -> Verdict:
@@ -192,24 +215,16 @@ def learn(
     key = plan.quota_key
     if _unread(policy, key, status):
         return NO_RETRY
-    policy.record_status(status)
-    info = _info(status, read(headers))
+    info, obs = _lesson(policy, key, status, headers, read, attempt)
     stored = False
-    if info is not None and key is not None:
-        obs = policy.observation(info, status, attempt)
-        if obs is not None:
-            try:
-                policy.store.observe(key, policy.quota_spec, obs)
-                policy.learned += 1
-                stored = True
-            except Exception as exc:  # learning must never fail the caller's request
-                logger.debug("rate-sync: could not record what %s said: %s", plan.label, exc)
-        if stored:
-            policy.read_less(key, info, status)
-    policy.heard(plan, stored)
-    if status not in RETRY_STATUSES:
-        return NO_RETRY  # the usual answer, without a call
-    return policy.verdict(info, status, attempt, stored)
+    if obs is not None and key is not None:
+        try:
+            policy.store.observe(key, policy.quota_spec, obs)
+            policy.learned += 1
+            stored = True
+        except Exception as exc:  # learning must never fail the caller's request
+            logger.debug("rate-sync: could not record what %s said: %s", plan.label, exc)
+    return _verdict(policy, plan, info, status, attempt, stored)
 
 
 # -- async -----------------------------------------------------------------------------------
@@ -296,21 +311,13 @@ async def alearn(
     key = plan.quota_key
     if _unread(policy, key, status):
         return NO_RETRY
-    policy.record_status(status)
-    info = _info(status, read(headers))
+    info, obs = _lesson(policy, key, status, headers, read, attempt)
     stored = False
-    if info is not None and key is not None:
-        obs = policy.observation(info, status, attempt)
-        if obs is not None:
-            try:
-                await policy.store.aobserve(key, policy.quota_spec, obs)
-                policy.learned += 1
-                stored = True
-            except Exception as exc:  # learning must never fail the caller's request
-                logger.debug("rate-sync: could not record what %s said: %s", plan.label, exc)
-        if stored:
-            policy.read_less(key, info, status)
-    policy.heard(plan, stored)
-    if status not in RETRY_STATUSES:
-        return NO_RETRY  # the usual answer, without a call
-    return policy.verdict(info, status, attempt, stored)
+    if obs is not None and key is not None:
+        try:
+            await policy.store.aobserve(key, policy.quota_spec, obs)
+            policy.learned += 1
+            stored = True
+        except Exception as exc:  # learning must never fail the caller's request
+            logger.debug("rate-sync: could not record what %s said: %s", plan.label, exc)
+    return _verdict(policy, plan, info, status, attempt, stored)
