@@ -36,10 +36,22 @@ def require_service(name: str) -> tuple[str, int]:
 
 
 class ManualClock:
-    """A clock a test sets by hand (``clock.now += 1.0``), for stores that take ``clock=``."""
+    """A clock a test sets by hand (``clock.now += 1.0``), for stores that take ``clock=``.
+
+    ``sleep`` / ``asleep`` (for code that takes ``sleep=``) move it on instead of waiting, and
+    record each pause in ``slept``.
+    """
 
     def __init__(self, now: float = 1_700_000_000.0) -> None:
         self.now = now
+        self.slept: list[float] = []
 
     def __call__(self) -> float:
         return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+    async def asleep(self, seconds: float) -> None:
+        self.sleep(seconds)

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable
 
 import pytest
+from rs_testing import ManualClock
 
 import ratesync
 from ratesync import (
@@ -22,44 +23,26 @@ from ratesync import (
 )
 
 
-class FakeClock:
-    """A clock the test moves; ``sleep`` advances it instead of waiting."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-
-    async def asleep(self, seconds: float) -> None:
-        self.sleep(seconds)
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(1000.0)
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def reg(clock: FakeClock) -> Registry:
+def reg(clock: ManualClock) -> Registry:
     registry = Registry()
     registry.configure_store("mem", MemoryStore(clock=clock, name="mem"))
     return registry
 
 
-def limiter(reg: Registry, clock: FakeClock, limiter_id: str, **options: object) -> ratesync.Limiter:
+def limiter(reg: Registry, clock: ManualClock, limiter_id: str, **options: object) -> ratesync.Limiter:
     lim = reg.configure_limiter(limiter_id, "mem", **options)
     lim._sleep = clock.sleep
     lim._async_sleep = clock.asleep
     return lim
 
 
-def test_sync_with_waits_its_turn(reg: Registry, clock: FakeClock) -> None:
+def test_sync_with_waits_its_turn(reg: Registry, clock: ManualClock) -> None:
     limiter(reg, clock, "api", rate_per_second=10.0)
     for _ in range(5):
         with reg.acquire("api"):
@@ -72,7 +55,7 @@ def test_sync_with_waits_its_turn(reg: Registry, clock: FakeClock) -> None:
     assert m.wait_ms_avg == pytest.approx(100.0)
 
 
-async def test_await_and_async_with(reg: Registry, clock: FakeClock) -> None:
+async def test_await_and_async_with(reg: Registry, clock: ManualClock) -> None:
     limiter(reg, clock, "api", rate_per_second=2.0, burst=2)
     await reg.acquire("api")
     async with reg.acquire("api"):
@@ -81,7 +64,7 @@ async def test_await_and_async_with(reg: Registry, clock: FakeClock) -> None:
     assert clock.slept == pytest.approx([0.5])
 
 
-async def test_burst_is_real(reg: Registry, clock: FakeClock) -> None:
+async def test_burst_is_real(reg: Registry, clock: ManualClock) -> None:
     limiter(reg, clock, "api", rate_per_second=1.0, burst=5)
     for _ in range(5):
         await reg.acquire("api")
@@ -90,7 +73,7 @@ async def test_burst_is_real(reg: Registry, clock: FakeClock) -> None:
     assert clock.slept == pytest.approx([1.0])
 
 
-def test_timeout_raises_and_reserves_nothing(reg: Registry, clock: FakeClock) -> None:
+def test_timeout_raises_and_reserves_nothing(reg: Registry, clock: ManualClock) -> None:
     limiter(reg, clock, "api", rate_per_second=1.0)
     with reg.acquire("api"):
         pass
@@ -108,7 +91,7 @@ def test_timeout_raises_and_reserves_nothing(reg: Registry, clock: FakeClock) ->
     assert reg.get_limiter("api").get_metrics().timeouts == 1
 
 
-def test_default_timeout_from_definition(reg: Registry, clock: FakeClock) -> None:
+def test_default_timeout_from_definition(reg: Registry, clock: ManualClock) -> None:
     limiter(reg, clock, "api", rate_per_second=1.0, timeout=0.1)
     reg.try_acquire("api")
     with pytest.raises(RateLimitTimeout):
@@ -116,7 +99,7 @@ def test_default_timeout_from_definition(reg: Registry, clock: FakeClock) -> Non
             pass
 
 
-def test_keys_are_independent(reg: Registry, clock: FakeClock) -> None:
+def test_keys_are_independent(reg: Registry, clock: ManualClock) -> None:
     limiter(reg, clock, "api", rate_per_second=1.0)
     assert reg.try_acquire("api", key="alice").allowed
     assert reg.try_acquire("api:bob").allowed
@@ -126,7 +109,7 @@ def test_keys_are_independent(reg: Registry, clock: FakeClock) -> None:
     assert reg.try_acquire("api").allowed
 
 
-def test_colon_id_prefers_an_exact_limiter(reg: Registry, clock: FakeClock) -> None:
+def test_colon_id_prefers_an_exact_limiter(reg: Registry, clock: ManualClock) -> None:
     limiter(reg, clock, "api", rate_per_second=1.0)
     limiter(reg, clock, "api:v2", rate_per_second=100.0, burst=10)
     for _ in range(5):
@@ -136,7 +119,7 @@ def test_colon_id_prefers_an_exact_limiter(reg: Registry, clock: FakeClock) -> N
         reg.acquire("api:x", key="y")
 
 
-def test_try_acquire_never_waits(reg: Registry, clock: FakeClock) -> None:
+def test_try_acquire_never_waits(reg: Registry, clock: ManualClock) -> None:
     limiter(reg, clock, "login", algorithm="sliding_window", limit=2, window_seconds=300)
     assert reg.try_acquire("login").allowed
     assert reg.try_acquire("login").allowed
@@ -150,7 +133,7 @@ def test_try_acquire_never_waits(reg: Registry, clock: FakeClock) -> None:
     assert reg.get_limiter("login").get_metrics().denials == 2
 
 
-def test_cost(reg: Registry, clock: FakeClock) -> None:
+def test_cost(reg: Registry, clock: ManualClock) -> None:
     limiter(reg, clock, "tokens", algorithm="fixed_window", limit=100, window_seconds=60)
     assert reg.try_acquire("tokens", cost=60).remaining == 40
     assert not reg.try_acquire("tokens", cost=41).allowed
@@ -161,7 +144,7 @@ def test_cost(reg: Registry, clock: FakeClock) -> None:
         reg.try_acquire("tokens", cost=0)
 
 
-def test_combined_limits(reg: Registry, clock: FakeClock) -> None:
+def test_combined_limits(reg: Registry, clock: ManualClock) -> None:
     limiter(
         reg,
         clock,
@@ -177,14 +160,14 @@ def test_combined_limits(reg: Registry, clock: FakeClock) -> None:
     assert admitted == 12  # then the hourly limit
 
 
-async def test_bare_await_on_concurrency_limiter_refuses(reg: Registry, clock: FakeClock) -> None:
+async def test_bare_await_on_concurrency_limiter_refuses(reg: Registry, clock: ManualClock) -> None:
     limiter(reg, clock, "db", max_concurrent=2)
     with pytest.raises(ConcurrencyMisuseError, match="async with"):
         await reg.acquire("db")
     assert reg.get_limiter("db").get_metrics().concurrent == 0
 
 
-async def test_async_with_releases_on_exit_error_and_cancel(reg: Registry, clock: FakeClock) -> None:
+async def test_async_with_releases_on_exit_error_and_cancel(reg: Registry, clock: ManualClock) -> None:
     lim = limiter(reg, clock, "db", max_concurrent=2)
     async with reg.acquire("db"):
         async with reg.acquire("db"):
@@ -275,7 +258,7 @@ def test_sync_concurrency_with_threads() -> None:
     assert m.acquisitions == 40 and m.concurrent == 0 and m.peak_concurrent <= 3
 
 
-async def test_rate_limited_decorates_def_and_async_def(reg: Registry, clock: FakeClock) -> None:
+async def test_rate_limited_decorates_def_and_async_def(reg: Registry, clock: ManualClock) -> None:
     limiter(reg, clock, "api", rate_per_second=1.0)
 
     @ratesync.rate_limited("api:{user_id}", registry=reg)
@@ -303,7 +286,7 @@ def test_rate_limited_template_names_a_missing_parameter() -> None:
         def f(user_id: int) -> None: ...
 
 
-def test_unknown_ids_list_the_known_ones(reg: Registry, clock: FakeClock) -> None:
+def test_unknown_ids_list_the_known_ones(reg: Registry, clock: ManualClock) -> None:
     limiter(reg, clock, "api", rate_per_second=1.0)
     with pytest.raises(UnknownLimiterError, match="known limiters: api") as info:
         reg.acquire("nope")
@@ -336,7 +319,7 @@ def test_configuration_errors(registry: Registry, options: dict[str, object], ma
     assert isinstance(info.value, ValueError)
 
 
-def test_clone_limiter_shares_the_store(reg: Registry, clock: FakeClock) -> None:
+def test_clone_limiter_shares_the_store(reg: Registry, clock: ManualClock) -> None:
     source = limiter(reg, clock, "api", rate_per_second=5.0, burst=2, max_concurrent=4)
     clone = reg.clone_limiter("api", "api-slow", rate_per_second=1.0)
     assert clone.store is source.store
@@ -347,7 +330,7 @@ def test_clone_limiter_shares_the_store(reg: Registry, clock: FakeClock) -> None
         reg.clone_limiter("missing", "x")
 
 
-def test_state_consumes_nothing(reg: Registry, clock: FakeClock) -> None:
+def test_state_consumes_nothing(reg: Registry, clock: ManualClock) -> None:
     lim = limiter(reg, clock, "login", algorithm="fixed_window", limit=5, window_seconds=100)
     assert lim.state().remaining == 5
     reg.try_acquire("login", cost=2)
@@ -359,7 +342,7 @@ def test_state_consumes_nothing(reg: Registry, clock: FakeClock) -> None:
     assert lim.state().remaining == 5
 
 
-def test_memory_store_stays_bounded(clock: FakeClock) -> None:
+def test_memory_store_stays_bounded(clock: ManualClock) -> None:
     store = MemoryStore(capacity=1000, clock=clock)
     reg = Registry()
     reg.configure_store("mem", store)
@@ -371,7 +354,7 @@ def test_memory_store_stays_bounded(clock: FakeClock) -> None:
     assert len(store) <= 1000
 
 
-def test_memory_store_evicts_expired_before_live(clock: FakeClock) -> None:
+def test_memory_store_evicts_expired_before_live(clock: ManualClock) -> None:
     store = MemoryStore(capacity=100, clock=clock)
     reg = Registry()
     reg.configure_store("mem", store)
@@ -439,7 +422,7 @@ def test_exports_are_exactly_all() -> None:
     assert ratesync.RedisStore.engine == "redis"
 
 
-def test_repr_shows_live_state(reg: Registry, clock: FakeClock) -> None:
+def test_repr_shows_live_state(reg: Registry, clock: ManualClock) -> None:
     lim = limiter(reg, clock, "api", rate_per_second=5.0, burst=2, max_concurrent=3)
     text = repr(lim)
     assert "api" in text and "5/s burst 2" in text and "max_concurrent=3" in text and "concurrent=0" in text

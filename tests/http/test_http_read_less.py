@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 import requests
+from rs_testing import ManualClock
 
 import ratesync
 from ratesync import ConfigurationError, MemoryStore, Observation, Quota, RateLimitTimeout
@@ -30,28 +31,10 @@ QUOTA = "{http:api.example.com}#quota"
 RULE = {"api.example.com": {"rate_per_second": 1e6, "burst": 1000}}
 
 
-class Clock:
-    """One fake clock for the store, the transport's sleeps and its learn interval."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-
-    async def asleep(self, seconds: float) -> None:
-        self.sleep(seconds)
-
-
 class CountingStore(MemoryStore):
     """A memory store that counts what is learned into it (``aobserve`` goes through ``observe``)."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: ManualClock) -> None:
         super().__init__(clock=clock)
         self.observed: list[Observation] = []
 
@@ -81,7 +64,7 @@ def github(remaining: int, limit: int | None = 5000, reset_after: float = 600.0)
 
 
 def transport(
-    clock: Clock, store: MemoryStore, upstream: Callable[[httpx.Request], httpx.Response], **options: Any
+    clock: ManualClock, store: MemoryStore, upstream: Callable[[httpx.Request], httpx.Response], **options: Any
 ) -> RateLimitedTransport:
     options.setdefault("hosts", RULE)
     t = RateLimitedTransport(
@@ -97,16 +80,16 @@ def transport(
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> ManualClock:
+    return ManualClock(1000.0)
 
 
 @pytest.fixture
-def store(clock: Clock) -> CountingStore:
+def store(clock: ManualClock) -> CountingStore:
     return CountingStore(clock)
 
 
-def test_far_from_exhausted_one_response_is_read_per_interval(clock: Clock, store: CountingStore) -> None:
+def test_far_from_exhausted_one_response_is_read_per_interval(clock: ManualClock, store: CountingStore) -> None:
     up = Upstream(github(remaining=4000))
     t = transport(clock, store, up)
     with httpx.Client(transport=t) as client:
@@ -124,7 +107,7 @@ def test_far_from_exhausted_one_response_is_read_per_interval(clock: Clock, stor
     assert up.sent == 12
 
 
-def test_a_read_budgets_what_goes_unread(clock: Clock, store: CountingStore) -> None:
+def test_a_read_budgets_what_goes_unread(clock: ManualClock, store: CountingStore) -> None:
     # The upstream counts down from 40 of a limit it does not state: 8 above the margin of 32, so
     # the 8 responses after the first go unread; from the next read on the quota is near its end
     # and every response is read. The mirror is charged for every request all along.
@@ -146,7 +129,7 @@ def test_a_read_budgets_what_goes_unread(clock: Clock, store: CountingStore) -> 
     assert store.peek([(QUOTA, Quota())]).remaining == 40 - 13
 
 
-def test_near_exhaustion_every_response_is_read(clock: Clock, store: CountingStore) -> None:
+def test_near_exhaustion_every_response_is_read(clock: ManualClock, store: CountingStore) -> None:
     for headers in (github(remaining=1250), github(remaining=int(LEARN_MARGIN_MIN), limit=None), github(5, 10)):
         store.observed.clear()
         up = Upstream(headers)
@@ -158,7 +141,7 @@ def test_near_exhaustion_every_response_is_read(clock: Clock, store: CountingSto
         assert t.get_metrics().unread == 0
 
 
-def test_the_tail_of_a_window_is_always_read(clock: Clock, store: CountingStore) -> None:
+def test_the_tail_of_a_window_is_always_read(clock: ManualClock, store: CountingStore) -> None:
     # 0.1 s before the reset of a window of unstated length: within its tail guard.
     up = Upstream(github(remaining=4000, reset_after=0.1))
     t = transport(clock, store, up)
@@ -168,7 +151,7 @@ def test_the_tail_of_a_window_is_always_read(clock: Clock, store: CountingStore)
     assert len(store.observed) == 3
 
 
-def test_a_read_never_reaches_past_the_reset(clock: Clock, store: CountingStore) -> None:
+def test_a_read_never_reaches_past_the_reset(clock: ManualClock, store: CountingStore) -> None:
     # 0.12 s before the reset: responses may go unread for 0.02 s only (0.12 - the 0.1 s tail).
     up = Upstream(github(remaining=4000, reset_after=0.12))
     t = transport(clock, store, up)
@@ -183,7 +166,7 @@ def test_a_read_never_reaches_past_the_reset(clock: Clock, store: CountingStore)
 
 
 @pytest.mark.parametrize("status", [403, 429, 503])
-def test_refusals_are_always_read(clock: Clock, store: CountingStore, status: int) -> None:
+def test_refusals_are_always_read(clock: ManualClock, store: CountingStore, status: int) -> None:
     up = Upstream(github(remaining=4000))
     t = transport(clock, store, up, retries=0)
     with httpx.Client(transport=t) as client:
@@ -197,7 +180,7 @@ def test_refusals_are_always_read(clock: Clock, store: CountingStore, status: in
     assert not t.policy.unread_until  # and the next response is read too
 
 
-def test_a_sudden_drop_is_seen_within_one_interval(clock: Clock, store: CountingStore) -> None:
+def test_a_sudden_drop_is_seen_within_one_interval(clock: ManualClock, store: CountingStore) -> None:
     # Clients outside the store spend the whole quota: what this process skips meanwhile is
     # bounded by the interval; the first read after it makes every process wait for the reset.
     up = Upstream(github(remaining=4000))
@@ -213,7 +196,7 @@ def test_a_sudden_drop_is_seen_within_one_interval(clock: Clock, store: Counting
     assert up.sent == 3
 
 
-def test_processes_sharing_the_store_act_on_a_read_by_any_of_them(clock: Clock, store: CountingStore) -> None:
+def test_processes_sharing_the_store_act_on_a_read_by_any_of_them(clock: ManualClock, store: CountingStore) -> None:
     # Two transports on one store stand for two processes: B is within its own unread interval
     # when A reads that the quota is exhausted; B waits for the reset all the same.
     up = Upstream(github(remaining=4000))
@@ -231,7 +214,7 @@ def test_processes_sharing_the_store_act_on_a_read_by_any_of_them(clock: Clock, 
             cb.get(URL)
 
 
-def test_learn_interval_zero_reads_every_response(clock: Clock, store: CountingStore) -> None:
+def test_learn_interval_zero_reads_every_response(clock: ManualClock, store: CountingStore) -> None:
     up = Upstream(github(remaining=4000))
     t = transport(clock, store, up, learn_interval=0)
     with httpx.Client(transport=t) as client:
@@ -241,7 +224,7 @@ def test_learn_interval_zero_reads_every_response(clock: Clock, store: CountingS
     assert t.get_metrics().unread == 0
 
 
-async def test_async_client_reads_the_same_way(clock: Clock, store: CountingStore) -> None:
+async def test_async_client_reads_the_same_way(clock: ManualClock, store: CountingStore) -> None:
     up = Upstream(github(remaining=4000))
     t = transport(clock, store, up)
     async with httpx.AsyncClient(transport=t) as client:
@@ -253,7 +236,7 @@ async def test_async_client_reads_the_same_way(clock: Clock, store: CountingStor
     assert t.get_metrics().unread == 4
 
 
-def test_requests_adapter_reads_the_same_way(clock: Clock, store: CountingStore) -> None:
+def test_requests_adapter_reads_the_same_way(clock: ManualClock, store: CountingStore) -> None:
     class Canned(requests.adapters.BaseAdapter):
         def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
             response = requests.Response()
@@ -277,7 +260,7 @@ def test_requests_adapter_reads_the_same_way(clock: Clock, store: CountingStore)
     assert adapter.get_metrics().unread == 4
 
 
-def test_unread_budgets_do_not_grow_without_bound(clock: Clock, store: CountingStore) -> None:
+def test_unread_budgets_do_not_grow_without_bound(clock: ManualClock, store: CountingStore) -> None:
     t = transport(clock, store, Upstream(github(remaining=4000)), hosts={"*": {"rate_per_second": 1e6}})
     from ratesync_http import _policy
 

@@ -10,6 +10,7 @@ import pytest
 import requests
 import urllib3
 from requests.adapters import BaseAdapter
+from rs_testing import ManualClock
 
 import ratesync
 from ratesync import MemoryStore, RateLimitTimeout
@@ -22,26 +23,13 @@ def approx(value: Any) -> Any:
     return pytest.approx(value, abs=0.01)
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-
-
 Answer = Callable[[requests.PreparedRequest, int], tuple[int, dict[str, str], bytes]]
 
 
 class MockAdapter(BaseAdapter):
     """Answers from a script with real urllib3 responses (unread until requests reads them)."""
 
-    def __init__(self, clock: FakeClock, answer: Answer | None = None) -> None:
+    def __init__(self, clock: ManualClock, answer: Answer | None = None) -> None:
         super().__init__()
         self.clock = clock
         self.answer: Answer = answer or (lambda request, n: (200, {}, b"ok"))
@@ -78,17 +66,17 @@ class MockAdapter(BaseAdapter):
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock() -> ManualClock:
+    return ManualClock(1000.0)
 
 
-def session(clock: FakeClock, mock: MockAdapter, registry: ratesync.Registry | None = None, **options: Any) -> Any:
+def session(clock: ManualClock, mock: MockAdapter, registry: ratesync.Registry | None = None, **options: Any) -> Any:
     return RateLimitedSession(
         mock, registry=registry or ratesync.Registry(), store=MemoryStore(clock=clock), sleep=clock.sleep, **options
     )
 
 
-def test_send_arguments_are_forwarded(clock: FakeClock) -> None:
+def test_send_arguments_are_forwarded(clock: ManualClock) -> None:
     mock = MockAdapter(clock)
     with session(clock, mock) as s:
         s.get("https://api.example.com/", timeout=(1, 2), verify="/ca.pem", cert="/c.pem", stream=True)
@@ -98,7 +86,7 @@ def test_send_arguments_are_forwarded(clock: FakeClock) -> None:
     assert mock.closed
 
 
-def test_host_rule_spaces_requests(clock: FakeClock) -> None:
+def test_host_rule_spaces_requests(clock: ManualClock) -> None:
     mock = MockAdapter(clock)
     with session(clock, mock, hosts={"api.example.com": {"rate_per_second": 4}}) as s:
         for _ in range(3):
@@ -108,7 +96,7 @@ def test_host_rule_spaces_requests(clock: FakeClock) -> None:
     assert s.get_metrics().waits == 2
 
 
-def test_lease_held_until_body_read_or_closed(clock: FakeClock) -> None:
+def test_lease_held_until_body_read_or_closed(clock: ManualClock) -> None:
     mock = MockAdapter(clock, lambda request, n: (200, {}, b"x" * 5000))
     with session(clock, mock, hosts={"api.example.com": {"max_concurrent": 1}}, timeout=0) as s:
         streamed = s.get("https://api.example.com/", stream=True)
@@ -132,7 +120,7 @@ def test_lease_held_until_body_read_or_closed(clock: FakeClock) -> None:
         assert s.get_metrics().leases_held == 0
 
 
-def test_retry_after_429_for_idempotent_requests(clock: FakeClock) -> None:
+def test_retry_after_429_for_idempotent_requests(clock: ManualClock) -> None:
     seen: set[str] = set()
 
     def answer(request: requests.PreparedRequest, n: int) -> tuple[int, dict[str, str], bytes]:
@@ -163,7 +151,7 @@ def test_retry_after_429_for_idempotent_requests(clock: FakeClock) -> None:
     ]
 
 
-def test_retries_bounded_last_response_readable(clock: FakeClock) -> None:
+def test_retries_bounded_last_response_readable(clock: ManualClock) -> None:
     mock = MockAdapter(clock, lambda request, n: (503, {"Retry-After": "1", "X-N": str(n)}, b"busy"))
     with session(clock, mock, retries=2) as s:
         response = s.get("https://api.example.com/")
@@ -172,7 +160,7 @@ def test_retries_bounded_last_response_readable(clock: FakeClock) -> None:
     assert response.text == "busy"
 
 
-def test_timeout_raises_before_sending(clock: FakeClock) -> None:
+def test_timeout_raises_before_sending(clock: ManualClock) -> None:
     mock = MockAdapter(clock, lambda request, n: (200, {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "60"}, b""))
     with session(clock, mock, timeout=10) as s:
         s.get("https://api.example.com/")
@@ -182,7 +170,7 @@ def test_timeout_raises_before_sending(clock: FakeClock) -> None:
     assert err.value.retry_after == approx(60.0)
 
 
-def test_per_request_control_on_the_session(clock: FakeClock) -> None:
+def test_per_request_control_on_the_session(clock: ManualClock) -> None:
     registry = ratesync.Registry()
     registry.configure_limiter("slow", rate_per_second=0.5)
     mock = MockAdapter(clock)
@@ -196,7 +184,7 @@ def test_per_request_control_on_the_session(clock: FakeClock) -> None:
         assert s.get_metrics().skipped == 1
 
 
-def test_adapter_mounted_on_a_plain_session(clock: FakeClock) -> None:
+def test_adapter_mounted_on_a_plain_session(clock: ManualClock) -> None:
     mock = MockAdapter(clock)
     adapter = RateLimitedAdapter(
         mock,

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from rs_testing import ManualClock
 
 import ratesync
 from ratesync import MemoryStore, Quota, RateLimitTimeout
@@ -28,26 +29,10 @@ def approx(value: Any) -> Any:
     return pytest.approx(value, abs=0.01)
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-
-    async def asleep(self, seconds: float) -> None:
-        self.sleep(seconds)
-
-
 class Upstream:
     """A MockTransport handler recording calls (at the fake time) and answering from a script."""
 
-    def __init__(self, clock: FakeClock, answer: Callable[[httpx.Request, int], httpx.Response] | None = None):
+    def __init__(self, clock: ManualClock, answer: Callable[[httpx.Request, int], httpx.Response] | None = None):
         self.clock = clock
         self.calls: list[tuple[float, str, str]] = []
         self.answer = answer or (lambda request, n: httpx.Response(200, content=b"ok"))
@@ -58,17 +43,17 @@ class Upstream:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock() -> ManualClock:
+    return ManualClock(1000.0)
 
 
 @pytest.fixture
-def store(clock: FakeClock) -> MemoryStore:
+def store(clock: ManualClock) -> MemoryStore:
     return MemoryStore(clock=clock)
 
 
 def make(
-    clock: FakeClock,
+    clock: ManualClock,
     store: MemoryStore,
     upstream: Upstream,
     registry: ratesync.Registry | None = None,
@@ -92,7 +77,7 @@ def quota_wait(store: MemoryStore, key: str) -> float:
 # -- limits and routing ----------------------------------------------------------------------
 
 
-def test_host_rule_spaces_requests(clock: FakeClock, store: MemoryStore) -> None:
+def test_host_rule_spaces_requests(clock: ManualClock, store: MemoryStore) -> None:
     up = Upstream(clock)
     transport = make(clock, store, up, hosts={"api.example.com": {"rate_per_second": 2}})
     with httpx.Client(transport=transport) as client:
@@ -106,7 +91,7 @@ def test_host_rule_spaces_requests(clock: FakeClock, store: MemoryStore) -> None
     assert "{http:api.example.com}#host:0" in store.keys()
 
 
-def test_glob_rule_gives_each_host_its_own_budget(clock: FakeClock, store: MemoryStore) -> None:
+def test_glob_rule_gives_each_host_its_own_budget(clock: ManualClock, store: MemoryStore) -> None:
     up = Upstream(clock)
     transport = make(clock, store, up, hosts={"*.example.com": {"rate_per_second": 1}})
     with httpx.Client(transport=transport) as client:
@@ -124,7 +109,7 @@ def test_glob_rule_gives_each_host_its_own_budget(clock: FakeClock, store: Memor
     assert {"{http:a.example.com}#host:0", "{http:b.example.com}#host:0", "{http:a.b.example.com}#host:0"} <= keys
 
 
-def test_endpoint_template_is_one_key_for_every_url(clock: FakeClock, store: MemoryStore) -> None:
+def test_endpoint_template_is_one_key_for_every_url(clock: ManualClock, store: MemoryStore) -> None:
     up = Upstream(clock)
     route = "GET /repos/{owner}/{repo}/issues"
     transport = make(
@@ -140,7 +125,7 @@ def test_endpoint_template_is_one_key_for_every_url(clock: FakeClock, store: Mem
     assert store.keys() == [f"{{http:api.github.com}}#{route}:0"]
 
 
-def test_host_and_endpoint_rules_all_or_nothing(clock: FakeClock, store: MemoryStore) -> None:
+def test_host_and_endpoint_rules_all_or_nothing(clock: ManualClock, store: MemoryStore) -> None:
     up = Upstream(clock)
     transport = make(
         clock,
@@ -163,7 +148,7 @@ def test_host_and_endpoint_rules_all_or_nothing(clock: FakeClock, store: MemoryS
     assert transport.get_metrics().timeouts == 2
 
 
-def test_default_rule_for_any_other_host(clock: FakeClock, store: MemoryStore) -> None:
+def test_default_rule_for_any_other_host(clock: ManualClock, store: MemoryStore) -> None:
     up = Upstream(clock)
     transport = make(
         clock,
@@ -182,7 +167,7 @@ def test_default_rule_for_any_other_host(clock: FakeClock, store: MemoryStore) -
     assert clock.slept == [approx(1.0)]
 
 
-def test_rule_naming_a_limiter_uses_its_state(clock: FakeClock, store: MemoryStore) -> None:
+def test_rule_naming_a_limiter_uses_its_state(clock: ManualClock, store: MemoryStore) -> None:
     registry = ratesync.Registry()
     registry.configure_store("partner-store", store)
     registry.configure_limiter("partner", "partner-store", rate_per_second=1)
@@ -200,7 +185,7 @@ def test_rule_naming_a_limiter_uses_its_state(clock: FakeClock, store: MemorySto
 # -- per-request extensions ------------------------------------------------------------------
 
 
-def test_extension_skip_sends_at_once_but_still_learns(clock: FakeClock, store: MemoryStore) -> None:
+def test_extension_skip_sends_at_once_but_still_learns(clock: ManualClock, store: MemoryStore) -> None:
     def answer(request: httpx.Request, n: int) -> httpx.Response:
         return httpx.Response(200, headers={"X-RateLimit-Remaining": "0", "X-RateLimit-Reset-After": "30"})
 
@@ -216,7 +201,7 @@ def test_extension_skip_sends_at_once_but_still_learns(clock: FakeClock, store: 
     assert quota_wait(store, "{http:api.example.com}#quota") == approx(30.0)
 
 
-def test_extension_names_a_limiter_instead_of_the_rules(clock: FakeClock, store: MemoryStore) -> None:
+def test_extension_names_a_limiter_instead_of_the_rules(clock: ManualClock, store: MemoryStore) -> None:
     registry = ratesync.Registry()
     registry.configure_store("s", store)
     registry.configure_limiter("slow", "s", rate_per_second=0.5)
@@ -244,7 +229,9 @@ def test_extension_names_a_limiter_instead_of_the_rules(clock: FakeClock, store:
         ("slow", "ratesync"),
     ],
 )
-def test_extension_mistakes_raise_naming_the_key(clock: FakeClock, store: MemoryStore, control: Any, key: str) -> None:
+def test_extension_mistakes_raise_naming_the_key(
+    clock: ManualClock, store: MemoryStore, control: Any, key: str
+) -> None:
     up = Upstream(clock)
     transport = make(clock, store, up)
     with httpx.Client(transport=transport) as client, pytest.raises(ratesync.ConfigurationError) as err:
@@ -253,13 +240,13 @@ def test_extension_mistakes_raise_naming_the_key(clock: FakeClock, store: Memory
     assert up.calls == []
 
 
-def test_extension_unknown_limiter(clock: FakeClock, store: MemoryStore) -> None:
+def test_extension_unknown_limiter(clock: ManualClock, store: MemoryStore) -> None:
     transport = make(clock, store, Upstream(clock))
     with httpx.Client(transport=transport) as client, pytest.raises(ratesync.UnknownLimiterError):
         client.get("https://api.example.com/", extensions={"ratesync": {"limiter": "nope"}})
 
 
-def test_extension_timeout_and_cost(clock: FakeClock, store: MemoryStore) -> None:
+def test_extension_timeout_and_cost(clock: ManualClock, store: MemoryStore) -> None:
     up = Upstream(clock)
     transport = make(clock, store, up, hosts={"api.example.com": {"rate_per_second": 1, "burst": 3}})
     with httpx.Client(transport=transport) as client:
@@ -293,7 +280,7 @@ class StreamedBody(httpx.SyncByteStream, httpx.AsyncByteStream):
         self.closed = True
 
 
-def test_lease_held_until_streamed_response_is_closed(clock: FakeClock, store: MemoryStore) -> None:
+def test_lease_held_until_streamed_response_is_closed(clock: ManualClock, store: MemoryStore) -> None:
     up = Upstream(clock, lambda request, n: httpx.Response(200, stream=StreamedBody()))
     transport = make(clock, store, up, hosts={"api.example.com": {"max_concurrent": 1}}, timeout=0)
     with httpx.Client(transport=transport) as client:
@@ -316,7 +303,7 @@ def test_lease_held_until_streamed_response_is_closed(clock: FakeClock, store: M
     assert transport.get_metrics().leases_held == 0
 
 
-async def test_lease_released_on_async_close(clock: FakeClock, store: MemoryStore) -> None:
+async def test_lease_released_on_async_close(clock: ManualClock, store: MemoryStore) -> None:
     up = Upstream(clock, lambda request, n: httpx.Response(200, stream=StreamedBody()))
     transport = make(clock, store, up, hosts={"api.example.com": {"max_concurrent": 1}}, timeout=0)
     async with httpx.AsyncClient(transport=transport) as client:
@@ -329,7 +316,7 @@ async def test_lease_released_on_async_close(clock: FakeClock, store: MemoryStor
     assert transport.get_metrics().leases_held == 0
 
 
-def test_lease_released_when_sending_fails(clock: FakeClock, store: MemoryStore) -> None:
+def test_lease_released_when_sending_fails(clock: ManualClock, store: MemoryStore) -> None:
     def answer(request: httpx.Request, n: int) -> httpx.Response:
         if n == 1:
             raise httpx.ConnectError("refused", request=request)
@@ -374,7 +361,7 @@ async def test_lease_waiters_wake_on_release(store: MemoryStore) -> None:
 # -- learning --------------------------------------------------------------------------------
 
 
-def test_remaining_zero_makes_everyone_wait_for_the_reset(clock: FakeClock, store: MemoryStore) -> None:
+def test_remaining_zero_makes_everyone_wait_for_the_reset(clock: ManualClock, store: MemoryStore) -> None:
     def answer(request: httpx.Request, n: int) -> httpx.Response:
         return httpx.Response(
             200, headers={"X-RateLimit-Limit": "5", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset-After": "7.5"}
@@ -391,7 +378,7 @@ def test_remaining_zero_makes_everyone_wait_for_the_reset(clock: FakeClock, stor
     assert first.get_metrics().learned == 1
 
 
-def test_hostile_reset_is_capped(clock: FakeClock, store: MemoryStore) -> None:
+def test_hostile_reset_is_capped(clock: ManualClock, store: MemoryStore) -> None:
     ten_years = str(int(__import__("time").time()) + 10 * 365 * 86400)
 
     def answer(request: httpx.Request, n: int) -> httpx.Response:
@@ -406,7 +393,7 @@ def test_hostile_reset_is_capped(clock: FakeClock, store: MemoryStore) -> None:
 
 
 def test_malformed_headers_are_ignored_and_logged(
-    clock: FakeClock, store: MemoryStore, caplog: pytest.LogCaptureFixture
+    clock: ManualClock, store: MemoryStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     def answer(request: httpx.Request, n: int) -> httpx.Response:
         return httpx.Response(
@@ -424,7 +411,7 @@ def test_malformed_headers_are_ignored_and_logged(
     assert all(r.levelno == logging.DEBUG for r in caplog.records if r.name == "ratesync_http")
 
 
-def fixed_window_upstream(clock: FakeClock, limit: int, window: float) -> Upstream:
+def fixed_window_upstream(clock: ManualClock, limit: int, window: float) -> Upstream:
     counts: dict[float, int] = {}
 
     def answer(request: httpx.Request, n: int) -> httpx.Response:
@@ -450,7 +437,7 @@ def max_per_window(times: list[float], window: float) -> int:
     return max(counts.values())
 
 
-def test_advertised_lower_limit_tightens(clock: FakeClock, store: MemoryStore) -> None:
+def test_advertised_lower_limit_tightens(clock: ManualClock, store: MemoryStore) -> None:
     up = fixed_window_upstream(clock, limit=5, window=1.0)
     transport = make(clock, store, up, hosts={"api.example.com": {"rate_per_second": 100, "burst": 10}})
     with httpx.Client(transport=transport) as client:
@@ -460,7 +447,7 @@ def test_advertised_lower_limit_tightens(clock: FakeClock, store: MemoryStore) -
     assert up.calls[-1][0] - up.calls[0][0] >= 3.0
 
 
-def test_advertised_higher_limit_never_loosens(clock: FakeClock, store: MemoryStore) -> None:
+def test_advertised_higher_limit_never_loosens(clock: ManualClock, store: MemoryStore) -> None:
     up = fixed_window_upstream(clock, limit=1000, window=1.0)
     transport = make(clock, store, up, hosts={"api.example.com": {"rate_per_second": 2}})
     with httpx.Client(transport=transport) as client:
@@ -470,7 +457,7 @@ def test_advertised_higher_limit_never_loosens(clock: FakeClock, store: MemorySt
     assert [b - a for a, b in itertools.pairwise(times)] == approx([0.5] * 4)
 
 
-def test_learning_can_be_switched_off(clock: FakeClock, store: MemoryStore) -> None:
+def test_learning_can_be_switched_off(clock: ManualClock, store: MemoryStore) -> None:
     def answer(request: httpx.Request, n: int) -> httpx.Response:
         return httpx.Response(200, headers={"X-RateLimit-Remaining": "0", "X-RateLimit-Reset-After": "30"})
 
@@ -488,7 +475,7 @@ def test_learning_can_be_switched_off(clock: FakeClock, store: MemoryStore) -> N
     assert store.keys() == []
 
 
-def test_endpoint_quota_is_learned_separately(clock: FakeClock, store: MemoryStore) -> None:
+def test_endpoint_quota_is_learned_separately(clock: ManualClock, store: MemoryStore) -> None:
     def answer(request: httpx.Request, n: int) -> httpx.Response:
         if request.url.path.startswith("/search"):
             return httpx.Response(429, headers={"Retry-After": "20"})
@@ -522,7 +509,7 @@ def script(*responses: httpx.Response) -> Callable[[httpx.Request, int], httpx.R
     return answer
 
 
-def test_429_is_retried_after_the_cooldown(clock: FakeClock, store: MemoryStore) -> None:
+def test_429_is_retried_after_the_cooldown(clock: ManualClock, store: MemoryStore) -> None:
     up = Upstream(clock, script(httpx.Response(429, headers={"Retry-After": "2"}), httpx.Response(200)))
     transport = make(clock, store, up)
     with httpx.Client(transport=transport) as client:
@@ -533,7 +520,7 @@ def test_429_is_retried_after_the_cooldown(clock: FakeClock, store: MemoryStore)
     assert (m.retries, m.responses_429, m.sent, m.requests) == (1, 1, 2, 1)
 
 
-async def test_async_429_is_retried_after_the_cooldown(clock: FakeClock, store: MemoryStore) -> None:
+async def test_async_429_is_retried_after_the_cooldown(clock: ManualClock, store: MemoryStore) -> None:
     up = Upstream(clock, script(httpx.Response(429, headers={"Retry-After": "3"}), httpx.Response(200)))
     transport = make(clock, store, up)
     async with httpx.AsyncClient(transport=transport) as client:
@@ -542,7 +529,7 @@ async def test_async_429_is_retried_after_the_cooldown(clock: FakeClock, store: 
     assert clock.slept == [approx(3.0)]
 
 
-def test_503_without_retry_after_backs_off_locally(clock: FakeClock, store: MemoryStore) -> None:
+def test_503_without_retry_after_backs_off_locally(clock: ManualClock, store: MemoryStore) -> None:
     up = Upstream(clock, script(httpx.Response(503), httpx.Response(503), httpx.Response(200)))
     transport = make(clock, store, up, backoff=0.5)
     with httpx.Client(transport=transport) as client:
@@ -551,7 +538,7 @@ def test_503_without_retry_after_backs_off_locally(clock: FakeClock, store: Memo
     assert store.keys() == []  # nothing shared: a 503 without Retry-After says nothing of a quota
 
 
-def test_post_is_not_retried_unless_idempotency_key(clock: FakeClock, store: MemoryStore) -> None:
+def test_post_is_not_retried_unless_idempotency_key(clock: ManualClock, store: MemoryStore) -> None:
     up = Upstream(clock, script(httpx.Response(429, headers={"Retry-After": "1"}), httpx.Response(201)))
     transport = make(clock, store, up)
     with httpx.Client(transport=transport) as client:
@@ -564,7 +551,7 @@ def test_post_is_not_retried_unless_idempotency_key(clock: FakeClock, store: Mem
     assert len(up.calls) == 2
 
 
-def test_streamed_request_body_is_not_retried(clock: FakeClock, store: MemoryStore) -> None:
+def test_streamed_request_body_is_not_retried(clock: ManualClock, store: MemoryStore) -> None:
     up = Upstream(clock, script(httpx.Response(429, headers={"Retry-After": "1"}), httpx.Response(200)))
     transport = make(clock, store, up)
 
@@ -576,7 +563,7 @@ def test_streamed_request_body_is_not_retried(clock: FakeClock, store: MemorySto
     assert len(up.calls) == 1
 
 
-def test_retries_are_bounded_and_last_response_returned(clock: FakeClock, store: MemoryStore) -> None:
+def test_retries_are_bounded_and_last_response_returned(clock: ManualClock, store: MemoryStore) -> None:
     def answer(request: httpx.Request, n: int) -> httpx.Response:
         return httpx.Response(429, headers={"Retry-After": "1", "X-Attempt": str(n)}, content=b"slow down")
 
@@ -590,7 +577,7 @@ def test_retries_are_bounded_and_last_response_returned(clock: FakeClock, store:
     assert len(up.calls) == 4
 
 
-def test_retries_switched_off(clock: FakeClock, store: MemoryStore) -> None:
+def test_retries_switched_off(clock: ManualClock, store: MemoryStore) -> None:
     up = Upstream(clock, script(httpx.Response(429, headers={"Retry-After": "1"}), httpx.Response(200)))
     transport = make(clock, store, up, retries=0)
     with httpx.Client(transport=transport) as client:
@@ -598,7 +585,7 @@ def test_retries_switched_off(clock: FakeClock, store: MemoryStore) -> None:
         assert client.get("https://api.example.com/", extensions={"ratesync": {"retries": 1}}).status_code == 200
 
 
-def test_429_without_hint_sets_a_short_shared_cooldown(clock: FakeClock, store: MemoryStore) -> None:
+def test_429_without_hint_sets_a_short_shared_cooldown(clock: ManualClock, store: MemoryStore) -> None:
     up = Upstream(clock, script(httpx.Response(429), httpx.Response(200)))
     transport = make(clock, store, up, backoff=2.0)
     with httpx.Client(transport=transport) as client:
@@ -606,7 +593,7 @@ def test_429_without_hint_sets_a_short_shared_cooldown(clock: FakeClock, store: 
     assert clock.slept == [approx(2.0)]
 
 
-def test_previous_response_is_closed_before_retrying(clock: FakeClock, store: MemoryStore) -> None:
+def test_previous_response_is_closed_before_retrying(clock: ManualClock, store: MemoryStore) -> None:
     closed: list[int] = []
 
     class Body(httpx.SyncByteStream):
@@ -635,7 +622,7 @@ def test_previous_response_is_closed_before_retrying(clock: FakeClock, store: Me
 # -- timeouts --------------------------------------------------------------------------------
 
 
-def test_wait_longer_than_timeout_raises_before_sending(clock: FakeClock, store: MemoryStore) -> None:
+def test_wait_longer_than_timeout_raises_before_sending(clock: ManualClock, store: MemoryStore) -> None:
     up = Upstream(clock, script(httpx.Response(429, headers={"Retry-After": "100"}), httpx.Response(200)))
     transport = make(clock, store, up, timeout=5)
     with httpx.Client(transport=transport) as client:
@@ -648,7 +635,7 @@ def test_wait_longer_than_timeout_raises_before_sending(clock: FakeClock, store:
     assert clock.slept == []
 
 
-def test_rule_timeout(clock: FakeClock, store: MemoryStore) -> None:
+def test_rule_timeout(clock: ManualClock, store: MemoryStore) -> None:
     up = Upstream(clock)
     transport = make(clock, store, up, hosts={"api.example.com": {"rate_per_second": 0.1, "timeout": 1}})
     with httpx.Client(transport=transport) as client:
