@@ -3,8 +3,9 @@
 Memory store, a host rule whose limit is never reached, learning on (the defaults). The upstream
 runs in a process of its own and answers either without rate-limit headers or with realistic
 ones (GitHub's ``X-RateLimit-*``, the IETF ``RateLimit`` / ``RateLimit-Policy`` structured fields,
-the older IETF ``RateLimit-*``), which the rate-limited clients parse and learn from on every
-response.
+the older IETF ``RateLimit-*``), which the rate-limited clients read and learn from as they do
+for any upstream: with the default ``learn_interval`` (0.05 s) a quota as far from exhausted as
+this upstream's (10**9) has one response read per interval; ``--learn-interval 0`` reads every one.
 
 The machine this runs on is usually busy, so every comparison is made of interleaved rounds (the
 baseline and the rate-limited client alternate, in alternating order) and reports the median of
@@ -18,6 +19,7 @@ response's headers and the transport add per request, in microseconds of CPU.
 
     python bench/bench_http.py [--requests 1000] [--async-requests 300] [--rounds 9]
                                [--styles none,github,ietf-structured] [--offline-only]
+                               [--learn-interval SECONDS]
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import get_args
+from typing import Any, get_args
 
 import httpx
 import requests
@@ -50,6 +52,8 @@ if importlib.util.find_spec("sniffio") is None:
     sys.modules["sniffio"] = None  # type: ignore[assignment]
 
 RULE = {"127.0.0.1": {"rate_per_second": 1_000_000, "burst": 1_000}}
+#: Options of every rate-limited client (``--learn-interval`` sets one).
+OPTIONS: dict[str, Any] = {}
 TASKS = 50
 LABELS: dict[str, str] = {
     "none": "no rate-limit headers",
@@ -87,7 +91,7 @@ class Timer:
 
 
 def limited_transport(inner: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None) -> RateLimitedTransport:
-    return RateLimitedTransport(inner, hosts=RULE, registry=ratesync.Registry())
+    return RateLimitedTransport(inner, hosts=RULE, registry=ratesync.Registry(), **OPTIONS)
 
 
 # -- the clients -------------------------------------------------------------------------------
@@ -125,7 +129,7 @@ def httpx_async(url: str, n: int, limited: bool) -> Sample:
 
 
 def requests_session(url: str, n: int, limited: bool) -> Sample:
-    session = RateLimitedSession(hosts=RULE, registry=ratesync.Registry()) if limited else requests.Session()
+    session = RateLimitedSession(hosts=RULE, registry=ratesync.Registry(), **OPTIONS) if limited else requests.Session()
     with session:
         for _ in range(20):
             session.get(url)
@@ -255,7 +259,7 @@ class OfflineRow:
 def offline_row(style: str, n: int, rounds: int) -> OfflineRow:
     headers = sample_headers(style)
     mock = httpx.MockTransport(lambda request: httpx.Response(200, content=b"ok\n", headers=headers))
-    limited = RateLimitedTransport(mock, hosts=RULE, registry=ratesync.Registry())
+    limited = RateLimitedTransport(mock, hosts=RULE, registry=ratesync.Registry(), **OPTIONS)
     request = httpx.Request("GET", "http://127.0.0.1:8000/bench")
     response_headers = mock.handle_request(request).headers
     for _ in range(20):
@@ -278,7 +282,7 @@ def offline_async(style: str, n: int, rounds: int) -> tuple[float, float]:
     """Plain and rate-limited CPU microseconds per async MockTransport request (best rounds)."""
     headers = sample_headers(style)
     mock = httpx.MockTransport(lambda request: httpx.Response(200, content=b"ok\n", headers=headers))
-    limited = RateLimitedTransport(mock, hosts=RULE, registry=ratesync.Registry())
+    limited = RateLimitedTransport(mock, hosts=RULE, registry=ratesync.Registry(), **OPTIONS)
     request = httpx.Request("GET", "http://127.0.0.1:8000/bench")
 
     async def cpu(transport: httpx.AsyncBaseTransport, count: int) -> float:
@@ -315,11 +319,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9, help="rounds of each client (default 9)")
     parser.add_argument("--styles", default="none,github,ietf-structured", help="upstream header styles")
     parser.add_argument("--offline-only", action="store_true", help="only the table without network")
+    parser.add_argument(
+        "--learn-interval", type=float, default=None, help="the clients' learn_interval (default: the library's)"
+    )
     parser.add_argument("--serve", choices=get_args(HeaderStyle), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(args.serve)
         return
+    if args.learn_interval is not None:
+        OPTIONS["learn_interval"] = args.learn_interval
     styles = [s.strip() for s in args.styles.split(",") if s.strip()]
     for style in styles:
         if style not in get_args(HeaderStyle):

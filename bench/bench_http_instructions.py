@@ -8,6 +8,12 @@ the cost of the extra requests alone, without interpreter start-up and imports, 
 rate-sync's clients with plain ones measured in the same run.
 
     python bench/bench_http_instructions.py [--styles github,none] [--short 200] [--long 600]
+                                            [--learn-interval SECONDS]
+
+Under callgrind a request takes some 25 ms instead of a few hundred microseconds, so the default
+``learn_interval`` (0.05 s) reads every second or third response here where at full speed it reads
+one in a hundred or more: with upstream headers, the counts here are the cost's upper bound.
+``--learn-interval 0`` reads every response.
 
 Needs ``valgrind`` (Debian: ``apt-get install valgrind``). Minutes, not seconds: the clients run
 about fifty times slower under it. The ratio is plain instructions over rate-sync's, read as the
@@ -34,7 +40,7 @@ CLIENTS = {
 }
 
 
-def run_client(kind: str, url: str, n: int) -> None:
+def run_client(kind: str, url: str, n: int, learn_interval: float | None = None) -> None:
     """The measured loop: ``n`` GET requests through one client (runs in the child under valgrind)."""
     import httpx
     import requests
@@ -42,20 +48,21 @@ def run_client(kind: str, url: str, n: int) -> None:
     import ratesync
     from ratesync_http import RateLimitedSession, RateLimitedTransport
 
+    options = {} if learn_interval is None else {"learn_interval": learn_interval}
     client: httpx.Client | requests.Session
     if kind == "httpx":
         client = httpx.Client()
     elif kind == "httpx-limited":
-        client = httpx.Client(transport=RateLimitedTransport(hosts=RULE, registry=ratesync.Registry()))
+        client = httpx.Client(transport=RateLimitedTransport(hosts=RULE, registry=ratesync.Registry(), **options))
     elif kind == "requests":
         client = requests.Session()
     else:
-        client = RateLimitedSession(hosts=RULE, registry=ratesync.Registry())
+        client = RateLimitedSession(hosts=RULE, registry=ratesync.Registry(), **options)
     for _ in range(n):
         client.get(url)
 
 
-def instructions(kind: str, url: str, n: int) -> int:
+def instructions(kind: str, url: str, n: int, learn_interval: float | None) -> int:
     """Instructions callgrind counts for a whole child process running ``n`` requests."""
     out = subprocess.run(
         [
@@ -68,6 +75,7 @@ def instructions(kind: str, url: str, n: int) -> int:
             kind,
             url,
             str(n),
+            *([] if learn_interval is None else ["--learn-interval", str(learn_interval)]),
         ],
         capture_output=True,
         text=True,
@@ -81,8 +89,9 @@ def instructions(kind: str, url: str, n: int) -> int:
     raise RuntimeError(f"no instruction count in valgrind's output:\n{out.stderr[-2000:]}")
 
 
-def per_request(kind: str, url: str, short: int, long: int) -> float:
-    return (instructions(kind, url, long) - instructions(kind, url, short)) / (long - short)
+def per_request(kind: str, url: str, short: int, long: int, learn_interval: float | None) -> float:
+    long_run = instructions(kind, url, long, learn_interval)
+    return (long_run - instructions(kind, url, short, learn_interval)) / (long - short)
 
 
 def main() -> None:
@@ -90,11 +99,12 @@ def main() -> None:
     parser.add_argument("--styles", default="github,none", help="upstream header styles (bench_http's)")
     parser.add_argument("--short", type=int, default=200)
     parser.add_argument("--long", type=int, default=600)
+    parser.add_argument("--learn-interval", type=float, default=None, help="the clients' learn_interval")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         kind, url, n = args.child
-        run_client(kind, url, int(n))
+        run_client(kind, url, int(n), args.learn_interval)
         return
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
@@ -103,8 +113,8 @@ def main() -> None:
         with upstream_process(style) as url:
             for name, (plain, limited) in CLIENTS.items():
                 print(f"  {name}, {LABELS[style]} ...", file=sys.stderr, flush=True)
-                p = per_request(plain, url, args.short, args.long)
-                r = per_request(limited, url, args.short, args.long)
+                p = per_request(plain, url, args.short, args.long, args.learn_interval)
+                r = per_request(limited, url, args.short, args.long, args.learn_interval)
                 rows.append((f"{name}, {LABELS[style]}", p, r))
     print(
         f"\ninstructions per request (callgrind, {args.long} - {args.short} requests),"
