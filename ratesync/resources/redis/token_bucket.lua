@@ -8,6 +8,12 @@
 -- Why a second script: every EVALSHA runs the whole chunk, and the general script defines some
 -- thirty functions and tables before it decides anything. On the path nearly every call takes,
 -- that costs the server more than the commands themselves; here the chunk is the decision.
+--
+-- Numbers go out packed, as state.lua and acquire.lua do: the stored TAT ('t' and a double) and
+-- the reply (the five or six fields as little-endian doubles) through Redis's struct library,
+-- exact both ways. Measured on Redis 7.0, formatting a double ("%.17g", by string.format or by
+-- redis.call on a Lua number) costs the server about as much as the GET, and returning a table of
+-- five elements as much again: the decimal version spent a third of its time on them.
 
 local EPSILON = 1e-9
 local arg = ARGV[1]
@@ -35,10 +41,10 @@ local span = burst * interval
 local key = KEYS[1]
 local state = nil
 local v = redis.pcall('GET', key)
-if type(v) == 'string' then
-  state = tonumber(v)
-  if state ~= nil then
-    state = state - base
+if type(v) == 'string' and #v == 9 then
+  local tag, tat = struct.unpack('<c1d', v)
+  if tag == 't' then
+    state = tat - base
   end
 end
 
@@ -52,30 +58,34 @@ if wait <= EPSILON then
   wait = 0.0
 end
 
-local function out(x)
-  if x == math.floor(x) and x > -1e15 and x < 1e15 then
-    return x
-  end
-  return string.format('%.17g', x)
-end
-
+-- max(0.0, x) is spelled `if not (x > 0.0) then x = 0.0 end`: the same value as math.max's
+-- (its first argument unless the second is greater), without the call.
 if wait <= max_wait + EPSILON then
   local remaining = 0.0
   if wait == 0.0 then
-    remaining = math.max(0.0, math.floor((span - (new_tat - now)) / interval + EPSILON))
+    remaining = math.floor((span - (new_tat - now)) / interval + EPSILON)
+    if not (remaining > 0.0) then
+      remaining = 0.0
+    end
   end
-  local ttl = math.max(0.0, new_tat - now)
+  local ttl = new_tat - now
   if ttl > 0 then
     -- Milliseconds, rounded up: a key must not expire before its state means nothing.
-    local px = math.min(math.ceil(ttl * 1000), 1e15) + px_slack
-    redis.call('SET', key, string.format('%.17g', new_tat + base), 'PX', px)
+    local px = math.ceil(ttl * 1000)
+    if px > 1e15 then
+      px = 1e15
+    end
+    redis.call('SET', key, struct.pack('<c1d', 't', new_tat + base), 'PX', px + px_slack)
   elseif state ~= nil then
     redis.call('DEL', key)
   end
   if wait > 0 then
-    return { 1, out(wait), out(remaining), out(new_tat - now), out(burst), string.format('%.17g', base + now) }
+    return struct.pack('<dddddd', 1, wait, remaining, new_tat - now, burst, base + now)
   end
-  return { 1, 0, out(remaining), out(new_tat - now), out(burst) }
+  return struct.pack('<ddddd', 1, 0, remaining, new_tat - now, burst)
 end
-local remaining = math.max(0.0, math.floor((span - (tat - now)) / interval + EPSILON))
-return { 0, out(wait), out(remaining), out(tat - now), out(burst) }
+local remaining = math.floor((span - (tat - now)) / interval + EPSILON)
+if not (remaining > 0.0) then
+  remaining = 0.0
+end
+return struct.pack('<ddddd', 0, wait, remaining, tat - now, burst)
