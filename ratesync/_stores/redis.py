@@ -81,6 +81,10 @@ _BATCH: Final = b"b"
 _FIELDS: Final = struct.Struct("<5d")
 _RESERVATION: Final = struct.Struct("<6d")
 _SERVER_TIME: Final = struct.Struct("<d")
+#: The standalone token bucket script's numbers: cost, max_wait, rate_per_second and burst as
+#: little-endian doubles in one argument (exact; the server parsed four decimals for longer than
+#: it now takes to unpack them, see token_bucket.lua).
+_BUCKET_ARGS: Final = struct.Struct("<4d")
 
 
 #: The Lua files each script is made of, in order (Redis scripts cannot import: they are joined).
@@ -219,20 +223,29 @@ class _Call:
 class _Prepared:
     """The keys and spec arguments of one slot tuple, and its packed calls."""
 
-    __slots__ = ("args", "batch", "calls", "keys", "single_bucket", "slots")
+    __slots__ = ("args", "batch", "bucket", "calls", "keys", "single_bucket", "slots")
 
     def __init__(self, slots: Sequence[Slot], keys: tuple[str, ...], args: tuple[bytes, ...]) -> None:
         self.slots = slots
         self.keys = keys
         self.args = args
-        #: One token bucket: an acquire runs the standalone script (token_bucket.lua).
-        self.single_bucket = len(slots) == 1 and isinstance(slots[0][1], TokenBucket)
+        spec = slots[0][1] if len(slots) == 1 else None
+        #: One token bucket: an acquire runs the standalone script (token_bucket.lua) with its rate
+        #: and burst as the general script reads them (a float, a whole number).
+        self.bucket = (float(spec.rate_per_second), float(int(spec.burst))) if isinstance(spec, TokenBucket) else None
+        self.single_bucket = self.bucket is not None
         self.calls: dict[tuple[int, float, bytes], _Call] = {}
         #: Where async callers queue while a call for these keys is in flight.
         self.batch: _Batch | None = None
 
+    def argv(self, cost: int, max_wait: float, mode: bytes) -> tuple[bytes, ...]:
+        """The arguments of a call: the standalone script's for an acquire on one token bucket."""
+        if self.bucket is not None and mode is _ACQUIRE:
+            return (_SERVER_CLOCK, _BUCKET_ARGS.pack(int(cost), max_wait, *self.bucket))
+        return _call_args(cost, max_wait, mode, self.args)
+
     def call(self, connection: Any, sha: str, cost: int, max_wait: float, mode: bytes) -> _Call:
-        argv = _call_args(cost, max_wait, mode, self.args)
+        argv = self.argv(cost, max_wait, mode)
         call = _Call(sha, argv, connection.pack_command("EVALSHA", sha, len(self.keys), *self.keys, *argv))
         # Callers use a few (cost, max_wait) pairs; one passing a fresh timeout each time does not
         # grow the cache.
@@ -700,7 +713,7 @@ class RedisStore(Store):
         script = side.token_bucket if prepared.single_bucket and mode is _ACQUIRE else side.acquire
         pool = side.pool
         if pool is None:
-            return script(prepared.keys, _call_args(cost, max_wait, mode, prepared.args))
+            return script(prepared.keys, prepared.argv(cost, max_wait, mode))
         call = prepared.calls.get((cost, max_wait, mode))
         connection = pool.get_connection()
         try:
@@ -712,16 +725,14 @@ class RedisStore(Store):
             pass
         finally:
             pool.release(connection)
-        return script(prepared.keys, _call_args(cost, max_wait, mode, prepared.args))
+        return script(prepared.keys, prepared.argv(cost, max_wait, mode))
 
     async def _arun(self, prepared: _Prepared, cost: int, max_wait: float, mode: bytes) -> Any:
         side = self._async()
         script = side.token_bucket if prepared.single_bucket and mode is _ACQUIRE else side.acquire
         pool = side.pool
         if pool is None:
-            return await self._gated(
-                side, lambda: script(prepared.keys, _call_args(cost, max_wait, mode, prepared.args))
-            )
+            return await self._gated(side, lambda: script(prepared.keys, prepared.argv(cost, max_wait, mode)))
         call = prepared.calls.get((cost, max_wait, mode))
         connection = await pool.get_connection()
         try:
@@ -733,7 +744,7 @@ class RedisStore(Store):
             pass
         finally:
             await pool.release(connection)
-        return await script(prepared.keys, _call_args(cost, max_wait, mode, prepared.args))
+        return await script(prepared.keys, prepared.argv(cost, max_wait, mode))
 
     # -- the store protocol ------------------------------------------------------------------
 

@@ -106,6 +106,18 @@ def stored_tat(raw: bytes | None) -> float:
     return float(struct.unpack("<d", raw[1:])[0])
 
 
+def bucket_call(lua: Lua, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    """token_bucket.lua on the same call as ``args`` to acquire.lua (mode 'a', one 't' limit).
+
+    The standalone script takes the clock as acquire.lua does and its numbers packed as doubles,
+    each the double acquire.lua's tonumber() reads from the decimal (as the store packs them).
+    """
+    clock, cost, max_wait, mode, kind, rate, burst = (a.decode() if isinstance(a, bytes) else a for a in args)
+    assert (mode, kind) == ("a", "t")
+    numbers = struct.pack("<4d", int(cost), float(max_wait), float(rate), float(int(burst)))
+    return lua.token_bucket(keys=keys, args=[clock, numbers])
+
+
 def clock_arg(now: float, relative: bool) -> bytes:
     return (f"@{now!r}" if relative else repr(now)).encode()
 
@@ -147,7 +159,7 @@ class Pair:
         assert f[0] in (0.0, 1.0), f
         got = Decision(f[0] == 1.0, f[1], f[2], f[3], f[4])
         if self.single_bucket and not peek:
-            fast = self.lua.token_bucket(keys=self.bucket_keys, args=args)
+            fast = bucket_call(self.lua, self.bucket_keys, args)
             assert fast == r, (fast, r)
             stored = self.lua.client.get(self.bucket_keys[0])
             assert stored == self.lua.client.get(self.keys[0])
@@ -448,7 +460,7 @@ def test_keys_expire_with_their_state(lua: Lua) -> None:
             assert expected * 1000 - 250 <= pttl <= expected * 1000 + 1
         if isinstance(spec, TokenBucket):  # the standalone script, on the server's clock too
             fast_key = key + ":tb"
-            assert fields(lua.token_bucket(keys=[fast_key], args=["", "1", "0", "a", *_spec_args(spec)]))[0] == 1.0
+            assert fields(bucket_call(lua, [fast_key], ["", "1", "0", "a", *_spec_args(spec)]))[0] == 1.0
             assert expected is not None and expected * 1000 - 250 <= lua.client.pttl(fast_key) <= expected * 1000 + 1
             assert abs(stored_tat(lua.client.get(fast_key)) - stored_tat(lua.client.get(key))) < 0.25
     # A refused call writes nothing; an all-expired state reads as nothing.
@@ -465,20 +477,22 @@ def test_token_bucket_state_and_reply_are_exact(lua: Lua) -> None:
     spec = TokenBucket(rate_per_second=3.0, burst=2)
     now = 0.1
     expected = now + 1.0 / 3.0  # an empty bucket: the TAT is now + one interval
-    for script, suffix in ((lua.acquire, ""), (lua.token_bucket, ":tb")):
-        key = lua.prefix + f"{{exact-{uuid.uuid4().hex[:8]}}}#0{suffix}"
-        f = fields(script(keys=[key], args=[repr(now), "1", "0", "a", *_spec_args(spec)]))
-        assert f == (1.0, 0.0, 1.0, expected - now, 2.0)
-        assert stored_tat(lua.client.get(key)) == expected
-        # A reservation (cost 2 on a bucket holding one token): the reference's arithmetic, step by
-        # step, and the server time the reservation was made at (here the test's clock).
-        interval = 1.0 / 3.0
-        new_tat = expected + 2 * interval
-        wait = new_tat - 2 * interval - now
-        assert wait > 0.0
-        f = fields(script(keys=[key], args=[repr(now), "2", "10", "a", *_spec_args(spec)]))
-        assert f == (1.0, wait, 0.0, new_tat - now, 2.0, now)
-        assert stored_tat(lua.client.get(key)) == new_tat
+    # A reservation next (cost 2 on a bucket holding one token): the reference's arithmetic, step
+    # by step, and the server time the reservation was made at (here the test's clock).
+    interval = 1.0 / 3.0
+    new_tat = expected + 2 * interval
+    wait = new_tat - 2 * interval - now
+    assert wait > 0.0
+    for standalone in (False, True):
+        key = lua.prefix + f"{{exact-{uuid.uuid4().hex[:8]}}}#0"
+        for cost, max_wait, reply, tat in (
+            ("1", "0", (1.0, 0.0, 1.0, expected - now, 2.0), expected),
+            ("2", "10", (1.0, wait, 0.0, new_tat - now, 2.0, now), new_tat),
+        ):
+            args = [repr(now), cost, max_wait, "a", *_spec_args(spec)]
+            got = bucket_call(lua, [key], args) if standalone else lua.acquire(keys=[key], args=args)
+            assert fields(got) == reply
+            assert stored_tat(lua.client.get(key)) == tat
 
 
 def test_algorithm_change_reads_as_no_state(lua: Lua) -> None:
@@ -496,17 +510,18 @@ def test_algorithm_change_reads_as_no_state(lua: Lua) -> None:
     for spec in specs[1:4]:
         other = lua.prefix + f"{{chg-{uuid.uuid4().hex[:8]}}}#0"
         assert fields(lua.acquire(keys=[other], args=["10.0", "1", "0", "a", *_spec_args(spec)]))[0] == 1.0
-        f = fields(lua.token_bucket(keys=[other], args=["10.0", "1", "0", "a", *_spec_args(TokenBucket(1.0, 2))]))
+        f = fields(bucket_call(lua, [other], ["10.0", "1", "0", "a", *_spec_args(TokenBucket(1.0, 2))]))
         assert f[0] == 1.0 and f[2] == 1.0 and stored_tat(lua.client.get(other)) == 11.0
     # Strings that are not the bucket's layout, each holding a TAT that would refuse the call if it
     # were read (due at 1000 s, the clock at 10 s): the decimal layout of earlier versions, another
     # tag, the right tag with a byte too few or too many. Both scripts read them as no state.
     far = struct.pack("<d", 1000.0)
     for value in (b"1000.0", b"u" + far, b"t" + far[:7], b"t" + far + b"\0", far + b"t"):
-        for script in (lua.acquire, lua.token_bucket):
+        for standalone in (False, True):
             other = lua.prefix + f"{{chg-{uuid.uuid4().hex[:8]}}}#0"
             lua.client.set(other, value)
-            f = fields(script(keys=[other], args=["10.0", "1", "0", "a", *_spec_args(TokenBucket(1.0, 2))]))
+            args = ["10.0", "1", "0", "a", *_spec_args(TokenBucket(1.0, 2))]
+            f = fields(bucket_call(lua, [other], args) if standalone else lua.acquire(keys=[other], args=args))
             assert f[0] == 1.0 and f[2] == 1.0, (value, f)
             assert stored_tat(lua.client.get(other)) == 11.0
 
