@@ -141,7 +141,7 @@ class Pair:
         for _, spec in self.slots:
             self.spec_args.extend(_spec_args(spec))
         # One token bucket: the store runs token_bucket.lua for its acquires. It runs here on keys
-        # of its own beside acquire.lua, and must give the same reply, field for field.
+        # of its own beside acquire.lua, and must give the same reply, byte for byte.
         self.single_bucket = len(specs) == 1 and isinstance(specs[0], TokenBucket)
         self.bucket_keys = [f"{key}:tb" for key in self.keys]
 
