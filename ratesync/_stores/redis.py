@@ -23,6 +23,7 @@ import collections
 import functools
 import math
 import os
+import struct
 import threading
 import time
 import weakref
@@ -73,6 +74,17 @@ _CALLS_PER_SLOTS: Final = 8
 #: Most calls one batch script decides.
 _BATCH_MAX: Final = 256
 _BATCH: Final = b"b"
+#: An acquire script's reply: allowed (1.0 or 0.0), wait, remaining, reset_after and limit as
+#: little-endian doubles in one string (exact, and the cheapest reply for the server to build, see
+#: acquire.lua); a reservation adds the server time it was made at. A batch's: that time, then the
+#: five fields of each call.
+_FIELDS: Final = struct.Struct("<5d")
+_RESERVATION: Final = struct.Struct("<6d")
+_SERVER_TIME: Final = struct.Struct("<d")
+#: The standalone token bucket script's numbers: cost, max_wait, rate_per_second and burst as
+#: little-endian doubles in one argument (exact; the server parsed four decimals for longer than
+#: it now takes to unpack them, see token_bucket.lua).
+_BUCKET_ARGS: Final = struct.Struct("<4d")
 
 
 #: The Lua files each script is made of, in order (Redis scripts cannot import: they are joined).
@@ -106,6 +118,20 @@ def _safe_url(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query, safe="*"), parts.fragment))
 
 
+def _raw_replies(url: str) -> str:
+    """``url`` without a ``decode_responses`` option (redis-py reads it from the query).
+
+    The store's replies are never handed to callers, and the acquire scripts answer in packed
+    doubles, which decoding as text would break; redis-py also takes ``decode_responses=false``
+    from a URL as the non-empty, so true, string ``"false"``.
+    """
+    parts = urlsplit(url)
+    if "decode_responses" not in parts.query:
+        return url
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "decode_responses"]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
 def _float_arg(x: float) -> bytes:
     # repr() round-trips a float exactly; Lua's tonumber() (strtod) reads it back exactly.
     if x == 0.0:
@@ -127,8 +153,9 @@ def _spec_args(spec: Spec) -> tuple[bytes, bytes, bytes]:
     raise TypeError(f"the Redis store has no script for {type(spec).__name__}")
 
 
-def _decision(reply: Sequence[Any]) -> Decision:
-    return Decision(reply[0] == 1, float(reply[1]), float(reply[2]), float(reply[3]), float(reply[4]))
+def _decision(reply: bytes) -> Decision:
+    allowed, wait, remaining, reset_after, limit = _FIELDS.unpack(reply)
+    return Decision(allowed == 1.0, wait, remaining, reset_after, limit)
 
 
 class _ServerClock:
@@ -196,20 +223,29 @@ class _Call:
 class _Prepared:
     """The keys and spec arguments of one slot tuple, and its packed calls."""
 
-    __slots__ = ("args", "batch", "calls", "keys", "single_bucket", "slots")
+    __slots__ = ("args", "batch", "bucket", "calls", "keys", "single_bucket", "slots")
 
     def __init__(self, slots: Sequence[Slot], keys: tuple[str, ...], args: tuple[bytes, ...]) -> None:
         self.slots = slots
         self.keys = keys
         self.args = args
-        #: One token bucket: an acquire runs the standalone script (token_bucket.lua).
-        self.single_bucket = len(slots) == 1 and isinstance(slots[0][1], TokenBucket)
+        spec = slots[0][1] if len(slots) == 1 else None
+        #: One token bucket: an acquire runs the standalone script (token_bucket.lua) with its rate
+        #: and burst as the general script reads them (a float, a whole number).
+        self.bucket = (float(spec.rate_per_second), float(int(spec.burst))) if isinstance(spec, TokenBucket) else None
+        self.single_bucket = self.bucket is not None
         self.calls: dict[tuple[int, float, bytes], _Call] = {}
         #: Where async callers queue while a call for these keys is in flight.
         self.batch: _Batch | None = None
 
+    def argv(self, cost: int, max_wait: float, mode: bytes) -> tuple[bytes, ...]:
+        """The arguments of a call: the standalone script's for an acquire on one token bucket."""
+        if self.bucket is not None and mode is _ACQUIRE:
+            return (_SERVER_CLOCK, _BUCKET_ARGS.pack(int(cost), max_wait, *self.bucket))
+        return _call_args(cost, max_wait, mode, self.args)
+
     def call(self, connection: Any, sha: str, cost: int, max_wait: float, mode: bytes) -> _Call:
-        argv = _call_args(cost, max_wait, mode, self.args)
+        argv = self.argv(cost, max_wait, mode)
         call = _Call(sha, argv, connection.pack_command("EVALSHA", sha, len(self.keys), *self.keys, *argv))
         # Callers use a few (cost, max_wait) pairs; one passing a fresh timeout each time does not
         # grow the cache.
@@ -496,7 +532,7 @@ class RedisStore(Store):
         self.socket_timeout = float(socket_timeout)
         self.connect_timeout = float(connect_timeout)
         self.batch = bool(batch)
-        self._client_url = url.replace("+cluster", "", 1) if url_cluster else url
+        self._client_url = _raw_replies(url.replace("+cluster", "", 1) if url_cluster else url)
         self._lock = threading.Lock()
         self._sync_side: _Side | None = None
         # One async client per event loop (redis.asyncio connections belong to the loop that made them).
@@ -677,7 +713,7 @@ class RedisStore(Store):
         script = side.token_bucket if prepared.single_bucket and mode is _ACQUIRE else side.acquire
         pool = side.pool
         if pool is None:
-            return script(prepared.keys, _call_args(cost, max_wait, mode, prepared.args))
+            return script(prepared.keys, prepared.argv(cost, max_wait, mode))
         call = prepared.calls.get((cost, max_wait, mode))
         connection = pool.get_connection()
         try:
@@ -689,16 +725,14 @@ class RedisStore(Store):
             pass
         finally:
             pool.release(connection)
-        return script(prepared.keys, _call_args(cost, max_wait, mode, prepared.args))
+        return script(prepared.keys, prepared.argv(cost, max_wait, mode))
 
     async def _arun(self, prepared: _Prepared, cost: int, max_wait: float, mode: bytes) -> Any:
         side = self._async()
         script = side.token_bucket if prepared.single_bucket and mode is _ACQUIRE else side.acquire
         pool = side.pool
         if pool is None:
-            return await self._gated(
-                side, lambda: script(prepared.keys, _call_args(cost, max_wait, mode, prepared.args))
-            )
+            return await self._gated(side, lambda: script(prepared.keys, prepared.argv(cost, max_wait, mode)))
         call = prepared.calls.get((cost, max_wait, mode))
         connection = await pool.get_connection()
         try:
@@ -710,7 +744,7 @@ class RedisStore(Store):
             pass
         finally:
             await pool.release(connection)
-        return await script(prepared.keys, _call_args(cost, max_wait, mode, prepared.args))
+        return await script(prepared.keys, prepared.argv(cost, max_wait, mode))
 
     # -- the store protocol ------------------------------------------------------------------
 
@@ -728,7 +762,7 @@ class RedisStore(Store):
     def _acquire(self, slots: Sequence[Slot], cost: int, max_wait: float) -> Decision:
         sent = time.monotonic()
         reply = self._run(self._prepare(slots), cost, max_wait, _ACQUIRE)
-        if len(reply) == 5:
+        if len(reply) == _FIELDS.size:
             return _decision(reply)
         return self._reservation(reply, sent)
 
@@ -760,7 +794,7 @@ class RedisStore(Store):
     async def _aacquire_one(self, prepared: _Prepared, cost: int, max_wait: float) -> Decision:
         sent = time.monotonic()
         reply = await self._arun(prepared, cost, max_wait, _ACQUIRE)
-        if len(reply) == 5:
+        if len(reply) == _FIELDS.size:
             return _decision(reply)
         return self._reservation(reply, sent)
 
@@ -811,15 +845,14 @@ class RedisStore(Store):
             reply = await self._gated(side, lambda: script(prepared.keys, argv))
         else:
             reply = await self._arun_packed(pool, script, prepared.keys, argv)
-        server_now = float(reply[0])
+        (server_now,) = _SERVER_TIME.unpack_from(reply)
         clock = self._server_clock
         decisions = []
-        for i in range(1, len(reply), 5):
-            wait = float(reply[i + 1])
-            allowed = reply[i] == 1
+        for flag, wait, remaining, reset_after, limit in _FIELDS.iter_unpack(memoryview(reply)[_SERVER_TIME.size :]):
+            allowed = flag == 1.0
             if allowed and wait > 0.0:
                 wait = clock.wait(sent, server_now, wait)
-            decisions.append(Decision(allowed, wait, float(reply[i + 2]), float(reply[i + 3]), float(reply[i + 4])))
+            decisions.append(Decision(allowed, wait, remaining, reset_after, limit))
         return decisions
 
     @staticmethod
@@ -836,9 +869,9 @@ class RedisStore(Store):
             await pool.release(connection)
         return await script(keys, argv)
 
-    def _reservation(self, reply: Sequence[Any], sent: float) -> Decision:
-        wait = self._server_clock.wait(sent, float(reply[5]), float(reply[1]))
-        return Decision(True, wait, float(reply[2]), float(reply[3]), float(reply[4]))
+    def _reservation(self, reply: bytes, sent: float) -> Decision:
+        _, wait, remaining, reset_after, limit, server_now = _RESERVATION.unpack(reply)
+        return Decision(True, self._server_clock.wait(sent, server_now, wait), remaining, reset_after, limit)
 
     def _peek(self, slots: Sequence[Slot]) -> Decision:
         return _decision(self._run(self._prepare(slots), 1, 0.0, _PEEK))

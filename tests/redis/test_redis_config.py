@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import uuid
@@ -209,6 +210,35 @@ def test_default_server_round_trip() -> None:
         store.reset(["{x}#0"])
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("value", ["true", "false"])
+async def test_replies_stay_bytes_whatever_the_url_says(value: str) -> None:
+    # The acquire scripts answer in packed doubles, which a decoding client would turn into text
+    # (or fail on); redis-py also reads "false" from a URL as true. The store drops the option.
+    host, port = require_service("redis")
+    prefix = f"rs-dec:{uuid.uuid4().hex[:8]}:"
+    store = RedisStore(f"redis://{host}:{port}/0?decode_responses={value}&db=0", key_prefix=prefix)
+    # A token per 100 s: nothing refills during the test.
+    slots = [("{d}#0", TokenBucket(0.01, 2))]
+    # A tuple, as limiters pass: the store batches calls on the same tuple (not on lists).
+    both = (("{e}#0", TokenBucket(0.01, 3)), ("{e}#1", ratesync.FixedWindow(5, 60.0)))
+    try:
+        assert store._sync().client.connection_pool.connection_kwargs.get("decode_responses") is None
+        assert store.acquire(slots).remaining == 1  # the standalone token bucket script
+        assert store.peek(slots).remaining == 1  # the general script, peeking
+        assert store.acquire(both).remaining == 2  # the general script, two limits
+        assert (await store.aacquire(slots)).remaining == 0
+        reserved = store.acquire(slots, max_wait=200.0)  # a reservation: six fields
+        assert reserved.allowed and 99.0 < reserved.wait <= 100.0 and not reserved.degraded
+        # Async calls of one key while one is in flight: the queued ones decided by one batch.
+        decisions = await asyncio.gather(*(store.aacquire(both) for _ in range(5)))
+        assert [(d.allowed, d.remaining) for d in decisions] == [(True, 1), (True, 0), *[(False, 0)] * 3]
+        assert store.errors == 0
+    finally:
+        store.reset(["{d}#0", "{e}#0", "{e}#1"])
+        store.close()
+        await store.aclose()
 
 
 def _certificates(folder: str) -> tuple[str, str, str]:

@@ -10,6 +10,7 @@ read as none). Every Decision field is compared within 1e-6, and the stored stat
 from __future__ import annotations
 
 import math
+import struct
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -93,6 +94,30 @@ def _lib_plus(entry: str) -> str:
     return "\n".join([*(lua_file(part) for part in ("prelude", "algorithms", "state")), entry])
 
 
+def fields(reply: bytes) -> tuple[float, ...]:
+    """An acquire script's reply: little-endian doubles packed in one string."""
+    assert isinstance(reply, bytes) and len(reply) % 8 == 0, reply
+    return struct.unpack(f"<{len(reply) // 8}d", reply)
+
+
+def stored_tat(raw: bytes | None) -> float:
+    """A token bucket's stored TAT: 't', then a little-endian double."""
+    assert raw is not None and len(raw) == 9 and raw[:1] == b"t", raw
+    return float(struct.unpack("<d", raw[1:])[0])
+
+
+def bucket_call(lua: Lua, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    """token_bucket.lua on the same call as ``args`` to acquire.lua (mode 'a', one 't' limit).
+
+    The standalone script takes the clock as acquire.lua does and its numbers packed as doubles,
+    each the double acquire.lua's tonumber() reads from the decimal (as the store packs them).
+    """
+    clock, cost, max_wait, mode, kind, rate, burst = (a.decode() if isinstance(a, bytes) else a for a in args)
+    assert (mode, kind) == ("a", "t")
+    numbers = struct.pack("<4d", int(cost), float(max_wait), float(rate), float(int(burst)))
+    return lua.token_bucket(keys=keys, args=[clock, numbers])
+
+
 def clock_arg(now: float, relative: bool) -> bytes:
     return (f"@{now!r}" if relative else repr(now)).encode()
 
@@ -116,7 +141,7 @@ class Pair:
         for _, spec in self.slots:
             self.spec_args.extend(_spec_args(spec))
         # One token bucket: the store runs token_bucket.lua for its acquires. It runs here on keys
-        # of its own beside acquire.lua, and must give the same reply, field for field.
+        # of its own beside acquire.lua, and must give the same reply, byte for byte.
         self.single_bucket = len(specs) == 1 and isinstance(specs[0], TokenBucket)
         self.bucket_keys = [f"{key}:tb" for key in self.keys]
 
@@ -128,9 +153,13 @@ class Pair:
         mode = b"p" if peek else b"a"
         args = [clock_arg(self.now, self.relative), str(cost), fl(max_wait), mode, *self.spec_args]
         r = self.lua.acquire(keys=self.keys, args=args)
-        got = Decision(r[0] == 1, float(r[1]), float(r[2]), float(r[3]), float(r[4]))
+        f = fields(r)
+        # Five fields, and a sixth (the server time) only for a reservation.
+        assert len(f) == (6 if f[0] == 1.0 and f[1] > 0.0 else 5), f
+        assert f[0] in (0.0, 1.0), f
+        got = Decision(f[0] == 1.0, f[1], f[2], f[3], f[4])
         if self.single_bucket and not peek:
-            fast = self.lua.token_bucket(keys=self.bucket_keys, args=args)
+            fast = bucket_call(self.lua, self.bucket_keys, args)
             assert fast == r, (fast, r)
             stored = self.lua.client.get(self.bucket_keys[0])
             assert stored == self.lua.client.get(self.keys[0])
@@ -146,13 +175,12 @@ class Pair:
         for cost, max_wait in calls:
             args += [str(cost), fl(max_wait)]
         r = self.lua.acquire(keys=self.keys, args=args)
-        assert float(r[0]) == pytest.approx(self.now, abs=TOL)
+        f = fields(r)
+        assert len(f) == 1 + 5 * len(calls), f
+        assert f[0] == pytest.approx(self.now, abs=TOL)
         if self.single_bucket:  # batches run acquire.lua on the fast script's keys too, as the store does
             assert self.lua.acquire(keys=self.bucket_keys, args=args) == r
-        got = [
-            Decision(r[i] == 1, float(r[i + 1]), float(r[i + 2]), float(r[i + 3]), float(r[i + 4]))
-            for i in range(1, len(r), 5)
-        ]
+        got = [Decision(f[i] == 1.0, f[i + 1], f[i + 2], f[i + 3], f[i + 4]) for i in range(1, len(f), 5)]
         return list(zip(refs, got, strict=True))
 
     def observe(self, index: int, obs: Observation) -> None:
@@ -424,7 +452,7 @@ def test_keys_expire_with_their_state(lua: Lua) -> None:
     for spec, expected in cases:
         key = lua.prefix + f"{{ttl-{uuid.uuid4().hex[:8]}}}#0"
         r = lua.acquire(keys=[key], args=["", "1", "0", "a", *_spec_args(spec)])
-        assert r[0] == 1
+        assert fields(r)[0] == 1.0
         pttl = lua.client.pttl(key)
         if expected is None:
             assert 0 < pttl <= 86400_000
@@ -432,15 +460,39 @@ def test_keys_expire_with_their_state(lua: Lua) -> None:
             assert expected * 1000 - 250 <= pttl <= expected * 1000 + 1
         if isinstance(spec, TokenBucket):  # the standalone script, on the server's clock too
             fast_key = key + ":tb"
-            assert lua.token_bucket(keys=[fast_key], args=["", "1", "0", "a", *_spec_args(spec)])[0] == 1
+            assert fields(bucket_call(lua, [fast_key], ["", "1", "0", "a", *_spec_args(spec)]))[0] == 1.0
             assert expected is not None and expected * 1000 - 250 <= lua.client.pttl(fast_key) <= expected * 1000 + 1
-            assert abs(float(lua.client.get(fast_key)) - float(lua.client.get(key))) < 0.25
+            assert abs(stored_tat(lua.client.get(fast_key)) - stored_tat(lua.client.get(key))) < 0.25
     # A refused call writes nothing; an all-expired state reads as nothing.
     key = lua.prefix + f"{{ttl-{uuid.uuid4().hex[:8]}}}#0"
     args = ["1000.0", "1", "0", "a", *_spec_args(TokenBucket(1.0, 1))]
-    assert lua.acquire(keys=[key], args=args)[0] == 1
-    assert lua.acquire(keys=[key], args=args)[0] == 0
-    assert float(lua.client.get(key)) == 1001.0
+    assert fields(lua.acquire(keys=[key], args=args))[0] == 1.0
+    assert fields(lua.acquire(keys=[key], args=args))[0] == 0.0
+    assert stored_tat(lua.client.get(key)) == 1001.0
+
+
+def test_token_bucket_state_and_reply_are_exact(lua: Lua) -> None:
+    # The TAT is stored, and the reply sent, as the very doubles the arithmetic produced (the
+    # decimal layout before them was exact too: "%.17g" round-trips; packing must not be less).
+    spec = TokenBucket(rate_per_second=3.0, burst=2)
+    now = 0.1
+    expected = now + 1.0 / 3.0  # an empty bucket: the TAT is now + one interval
+    # A reservation next (cost 2 on a bucket holding one token): the reference's arithmetic, step
+    # by step, and the server time the reservation was made at (here the test's clock).
+    interval = 1.0 / 3.0
+    new_tat = expected + 2 * interval
+    wait = new_tat - 2 * interval - now
+    assert wait > 0.0
+    for standalone in (False, True):
+        key = lua.prefix + f"{{exact-{uuid.uuid4().hex[:8]}}}#0"
+        for cost, max_wait, reply, tat in (
+            ("1", "0", (1.0, 0.0, 1.0, expected - now, 2.0), expected),
+            ("2", "10", (1.0, wait, 0.0, new_tat - now, 2.0, now), new_tat),
+        ):
+            args = [repr(now), cost, max_wait, "a", *_spec_args(spec)]
+            got = bucket_call(lua, [key], args) if standalone else lua.acquire(keys=[key], args=args)
+            assert fields(got) == reply
+            assert stored_tat(lua.client.get(key)) == tat
 
 
 def test_algorithm_change_reads_as_no_state(lua: Lua) -> None:
@@ -449,17 +501,29 @@ def test_algorithm_change_reads_as_no_state(lua: Lua) -> None:
     specs: list[Spec] = [TokenBucket(1.0, 2), SlidingWindow(2, 60.0), FixedWindow(2, 60.0), Quota()]
     specs.append(TokenBucket(1.0, 2))
     for spec in specs:
-        r = lua.acquire(keys=[key], args=["10.0", "1", "0", "a", *_spec_args(spec)])
-        assert r[0] == 1 and (isinstance(spec, Quota) or float(r[2]) == 1.0), spec
+        f = fields(lua.acquire(keys=[key], args=["10.0", "1", "0", "a", *_spec_args(spec)]))
+        assert f[0] == 1.0 and (isinstance(spec, Quota) or f[2] == 1.0), spec
     lua.client.hset(key + "x", "r", "12")
-    r = lua.acquire(keys=[key + "x"], args=["10.0", "1", "0", "a", *_spec_args(TokenBucket(1.0, 2))])
-    assert r[0] == 1 and float(r[2]) == 1.0
+    f = fields(lua.acquire(keys=[key + "x"], args=["10.0", "1", "0", "a", *_spec_args(TokenBucket(1.0, 2))]))
+    assert f[0] == 1.0 and f[2] == 1.0
     # The same for the standalone token bucket script: any other layout or type reads as no state.
     for spec in specs[1:4]:
         other = lua.prefix + f"{{chg-{uuid.uuid4().hex[:8]}}}#0"
-        assert lua.acquire(keys=[other], args=["10.0", "1", "0", "a", *_spec_args(spec)])[0] == 1
-        r = lua.token_bucket(keys=[other], args=["10.0", "1", "0", "a", *_spec_args(TokenBucket(1.0, 2))])
-        assert r[0] == 1 and float(r[2]) == 1.0 and float(lua.client.get(other)) == 11.0
+        assert fields(lua.acquire(keys=[other], args=["10.0", "1", "0", "a", *_spec_args(spec)]))[0] == 1.0
+        f = fields(bucket_call(lua, [other], ["10.0", "1", "0", "a", *_spec_args(TokenBucket(1.0, 2))]))
+        assert f[0] == 1.0 and f[2] == 1.0 and stored_tat(lua.client.get(other)) == 11.0
+    # Strings that are not the bucket's layout, each holding a TAT that would refuse the call if it
+    # were read (due at 1000 s, the clock at 10 s): the decimal layout of earlier versions, another
+    # tag, the right tag with a byte too few or too many. Both scripts read them as no state.
+    far = struct.pack("<d", 1000.0)
+    for value in (b"1000.0", b"u" + far, b"t" + far[:7], b"t" + far + b"\0", far + b"t"):
+        for standalone in (False, True):
+            other = lua.prefix + f"{{chg-{uuid.uuid4().hex[:8]}}}#0"
+            lua.client.set(other, value)
+            args = ["10.0", "1", "0", "a", *_spec_args(TokenBucket(1.0, 2))]
+            f = fields(bucket_call(lua, [other], args) if standalone else lua.acquire(keys=[other], args=args))
+            assert f[0] == 1.0 and f[2] == 1.0, (value, f)
+            assert stored_tat(lua.client.get(other)) == 11.0
 
 
 # -- property tests ------------------------------------------------------------------------------

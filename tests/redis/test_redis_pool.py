@@ -106,14 +106,17 @@ async def test_a_pool_that_stays_full_fails_into_the_policy(server: RedisServer)
 async def test_connections_closed_by_a_restart_are_renewed_on_checkout(server: RedisServer) -> None:
     store = RedisStore(server.url, pool_size=4)
     try:
-        # Warm both pools with several connections each.
-        threads = [threading.Thread(target=lambda: [store.acquire(SLOTS) for _ in range(20)]) for _ in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        await asyncio.gather(*(store.aacquire(SLOTS) for _ in range(20)))
-        assert clients(server) >= 3
+        # Warm both pools with several connections each: held at once, so each pool must open
+        # three (calls from threads or tasks need not overlap: async ones of one key even batch).
+        assert store.acquire(SLOTS).allowed and (await store.aacquire(SLOTS)).allowed
+        pool, apool = store._sync().pool, store._async().pool
+        held = [pool.get_connection() for _ in range(3)]
+        aheld = [await apool.get_connection() for _ in range(3)]
+        for connection in held:
+            pool.release(connection)
+        for connection in aheld:
+            await apool.release(connection)
+        assert clients(server) >= 6
 
         server.stop()
         server.start()  # every pooled connection is now closed by the server's side

@@ -5,9 +5,10 @@
 --        [2] cost   [3] max_wait ('inf' allowed)   [4] mode: 'a' acquire, 'p' peek, 'b' batch
 --        then per limit: kind ('t' token bucket, 's' sliding, 'f' fixed, 'q' quota), p1, p2
 --        batch: [2] is the number of calls k, and k pairs (cost, max_wait) follow the limits.
--- Returns {allowed (1/0), wait, remaining, reset_after, limit}: whole numbers as integers, the
--- others as strings (Redis truncates Lua numbers to integers); a reservation adds the server time
--- it was made at. A batch returns {server time, then five fields per call}.
+-- Returns allowed (1/0), wait, remaining, reset_after, limit as five little-endian doubles packed
+-- in one string (Redis would truncate Lua numbers to integers; packing is exact, and cheaper for
+-- the server than formatting numbers or returning a table); a reservation adds a sixth, the
+-- server time it was made at. A batch returns the server time, then five doubles per call.
 
 local base, now = clock(ARGV[1])
 local mode = ARGV[4]
@@ -21,14 +22,6 @@ for i = 1, n do
   states[i] = read_state(KEYS[i], spec, base, now)
 end
 
--- Whole numbers go back as integer replies (exact, and no formatting); others as strings.
-local function out(x)
-  if x == floor(x) and x > -1e15 and x < 1e15 then
-    return x
-  end
-  return num(x)
-end
-
 local function write_all(new_states)
   for i = 1, n do
     if states[i] ~= nil or new_states[i] ~= nil then
@@ -40,7 +33,7 @@ end
 if mode == 'b' then
   -- k calls of one process, in their order, at this one instant: exactly what k calls arriving
   -- together would be told one after the other, for the cost of one round trip.
-  local reply = { num(base + now) }
+  local reply = { base + now }
   local current = states
   local charged = false
   local j = 5 + 3 * n
@@ -53,15 +46,15 @@ if mode == 'b' then
     end
     local r = #reply
     reply[r + 1] = d[1] and 1 or 0
-    reply[r + 2] = out(d[2])
-    reply[r + 3] = out(d[3])
-    reply[r + 4] = out(d[4])
-    reply[r + 5] = out(d[5])
+    reply[r + 2] = d[2]
+    reply[r + 3] = d[3]
+    reply[r + 4] = d[4]
+    reply[r + 5] = d[5]
   end
   if charged then
     write_all(current)
   end
-  return reply
+  return struct.pack('<' .. string.rep('d', #reply), unpack(reply))
 end
 
 local d
@@ -86,6 +79,6 @@ end
 if d[1] and d[2] > 0 then
   -- A reservation also says when it was made (server clock): the client counts the wait from
   -- then, not from when it read the reply.
-  return { allowed, out(d[2]), out(d[3]), out(d[4]), out(d[5]), num(base + now) }
+  return struct.pack('<dddddd', allowed, d[2], d[3], d[4], d[5], base + now)
 end
-return { allowed, out(d[2]), out(d[3]), out(d[4]), out(d[5]) }
+return struct.pack('<ddddd', allowed, d[2], d[3], d[4], d[5])

@@ -13,7 +13,8 @@
 -- which makes every operation the same as the reference's, bit for bit.
 --
 -- Numbers returned to Redis are truncated to integers, so floats are returned as strings ("%.17g"
--- round-trips a double exactly; Python's float() reads "inf" too).
+-- round-trips a double exactly; Python's float() reads "inf" too), or, on the acquire path, packed
+-- as doubles (struct '<d': exact, and cheaper for the server than formatting; see acquire.lua).
 
 if not redis.REDIS_VERSION_NUM then
   -- Redis < 7 replicates scripts verbatim by default; a script that reads TIME must replicate its
