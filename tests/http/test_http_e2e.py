@@ -27,7 +27,7 @@ import pytest
 import ratesync
 from ratesync import MemoryStore, Observation, Quota, Store
 from ratesync_http import RateLimitedSession, RateLimitedTransport
-from ratesync_http.testing import LocalUpstream
+from ratesync_http.testing import HeaderStyle, LocalUpstream
 
 pytestmark = [pytest.mark.http, pytest.mark.realtime]
 
@@ -148,6 +148,29 @@ def test_learning_alone_keeps_429s_to_one_per_window(client: str, upstream: Loca
     stats = upstream.stats()
     assert stats.max_429_per_window <= 1, stats
     assert stats.accepted >= RATE, stats  # it did not just stall
+
+
+@pytest.mark.parametrize("style", ["ietf", "ietf-structured", "github"])
+def test_learning_with_responses_unread_keeps_429s_to_one_per_window(style: HeaderStyle) -> None:
+    # A limit high enough that its quota is far from exhausted for most of each window: most
+    # responses go unread (learn_interval), yet the mirror, charged for every request, keeps
+    # the client inside the upstream's limit.
+    limit = 300
+    with LocalUpstream(limit=limit, window=1.0, headers=style) as up:
+        transport = RateLimitedTransport(registry=ratesync.Registry())
+        deadline = time.monotonic() + DURATION
+        with httpx.Client(transport=transport) as client:
+
+            def work() -> None:
+                while time.monotonic() < deadline:
+                    client.get(up.url + "/items/1")
+
+            run_threads(4, work)
+        stats = up.stats()
+    metrics = transport.get_metrics()
+    assert stats.max_429_per_window <= 1, stats
+    assert stats.accepted >= limit, stats  # it did not just stall
+    assert metrics.unread > metrics.learned, metrics  # most responses went unread
 
 
 # -- Redis, two processes ----------------------------------------------------------------------
