@@ -177,10 +177,13 @@ _loads = json.loads
 # One limit of the token bucket kind, admitted, is one autocommit UPSERT instead of a transaction
 # of four statements. A write statement takes the write lock before it reads the row (its implicit
 # transaction begins like ``BEGIN IMMEDIATE``), so it is as atomic across processes as the
-# transaction, and the lock is held for one statement run in C, with no Python (and no wait for
-# the GIL) while it is held. The SQL runs the arithmetic of ``_algorithms.gcra`` with the same IEEE
-# operations in the same order (SQLite computes in C doubles), so the TAT it writes and returns is
-# the reference's bit for bit. Parameters:
+# transaction, and the lock is held for one statement run in C, with no Python between statements.
+# Python runs once while it is held: the TAT comes back through ``ratesync_tat`` on the sync side
+# (``_TatOut``), and as the row of ``RETURNING`` on the async side (taken by Python before the step
+# that commits). Either way, in a process whose other threads keep the GIL busy, that moment can
+# wait for the GIL with the lock held. The SQL runs the arithmetic of ``_algorithms.gcra`` with the
+# same IEEE operations in the same order (SQLite computes in C doubles), so the TAT it writes and
+# returns is the reference's bit for bit. Parameters:
 #   ?1 key, ?2 now, ?3 cost * interval, ?4 span (burst * interval), ?5 max_wait + EPSILON,
 #   ?6 how far SQLite's clock may be past ?2 when the lock is held (``_FRESH``).
 # ``_TAT`` is ``max(state, now)``, where a row that is expired or of another kind is no state
