@@ -26,6 +26,7 @@ from ratesync import (
     Observation,
     Quota,
     SlidingWindow,
+    Spec,
     StoreError,
     TokenBucket,
 )
@@ -430,6 +431,11 @@ async def test_a_file_that_is_not_a_database_falls_back(tmp_path: Path) -> None:
     d = store.acquire(slots)
     assert d.allowed and d.degraded
     assert not store.acquire(slots).allowed  # the local fallback still limits
+    bucket = [("{bad}#1", TokenBucket(rate_per_second=1 / 3600, burst=1))]  # the hot path's fallback too
+    d = store.acquire(bucket)
+    assert d.allowed and d.degraded
+    d = store.acquire(bucket)
+    assert not d.allowed and d.degraded
     closed = SQLiteStore(path, retry_interval=0.0)
     with pytest.raises(StoreError):
         closed.acquire(slots)
@@ -440,11 +446,19 @@ async def test_a_file_that_is_not_a_database_falls_back(tmp_path: Path) -> None:
     closed.close()
 
 
-def test_the_store_recovers_when_the_file_becomes_usable(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "spec",
+    # A token bucket is the store's own hot path (its ``acquire`` skips the policy wrapper while
+    # healthy), a window goes through the wrapper: both must fail over and recover alike.
+    [FixedWindow(limit=1, window_seconds=3600.0), TokenBucket(rate_per_second=1 / 3600, burst=1)],
+    ids=["window", "token_bucket"],
+)
+def test_the_store_recovers_when_the_file_becomes_usable(tmp_path: Path, spec: Spec) -> None:
     folder = tmp_path / "later"
     store = SQLiteStore(folder / "limits.db", on_error="open", retry_interval=0.0)
-    slots = [("{rec}#0", FixedWindow(limit=1, window_seconds=3600.0))]
+    slots = [("{rec}#0", spec)]
     assert store.acquire(slots).degraded
+    assert store.errors == 1 and store.fallbacks == 1 and not store.healthy
     folder.mkdir()
     d = store.acquire(slots)
     assert d.allowed and not d.degraded

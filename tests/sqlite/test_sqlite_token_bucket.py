@@ -309,9 +309,9 @@ def test_busy_statements_are_retried_within_the_busy_timeout(tmp_path: Any) -> N
 
     store = SQLiteStore(str(tmp_path / "busy.db"), busy_timeout=0.5)
     busy = sqlite3.OperationalError("database is locked")
-    # Busy once more, then answered: the rows come back.
+    # Busy once more, then answered: the cursor that ran it comes back.
     cursor = _FlakyCursor([sqlite3.OperationalError("database is locked")], [(1.0,)])
-    assert store._retry_busy(cursor, "x", (), busy, time.monotonic()) == [(1.0,)]  # type: ignore[arg-type]
+    assert store._retry_busy(cursor, "x", (), busy, time.monotonic()) is cursor  # type: ignore[arg-type]
     assert cursor.calls == 2
     # Another error during the retries is raised at once, not retried.
     other = sqlite3.OperationalError("no such table: x")
