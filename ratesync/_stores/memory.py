@@ -111,17 +111,8 @@ class MemoryStore(Store):
     # The memory backend cannot fail the way a network one does: no policy wrapper on the hot path.
 
     def acquire(self, slots: Sequence[Slot], cost: int = 1, max_wait: float = 0.0) -> Decision:
-        data = self._data
         with self._lock:
             now = self._clock()
-            if len(slots) == 1:
-                key, spec = slots[0]
-                entry = data.get(key)
-                state = entry[0] if entry is not None and entry[1] > now else None
-                decision, new_states = decide((state,), now, cost, (spec,), max_wait)
-                if decision.allowed:
-                    self._put(key, new_states[0], now + state_ttl(new_states[0], now, spec))
-                return decision
             admitted = self._admit_now(slots, now, cost)
             if admitted is not None:
                 return admitted
@@ -133,7 +124,7 @@ class MemoryStore(Store):
             return decision
 
     def _admit_now(self, slots: Sequence[Slot], now: float, cost: int) -> Decision | None:
-        """Several limits that all admit the call now (the usual case): charged, and their decision.
+        """One or several limits that all admit the call now (the usual case): charged, and their decision.
 
         ``decide``'s admitted-now case with token buckets inlined, as ``gcra`` inlines a single
         one (a host's bucket and its learned quota are the pair every HTTP request takes). None,
