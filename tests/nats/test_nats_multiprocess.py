@@ -30,6 +30,7 @@ def test_four_processes_share_one_limit(mode: str) -> None:
     finally:
         delete_bucket(bucket)
     stats = summarize(times, DURATION)
+    print(f"accuracy: {stats}")  # shown by pytest -rP, for the release notes
     # Never more than the limit (plus the burst) in any one-second window, across all processes...
     assert max_in_any_window(times, 1.0) <= RATE + BURST, stats
     # ...and the processes together still get at least 80% of it.

@@ -48,6 +48,7 @@ def test_four_processes_share_one_limit(mode: str) -> None:
     finally:
         asyncio.run(_drop(schema))
     stats = summarize(times, DURATION)
+    print(f"accuracy: {stats}")  # shown by pytest -rP, for the release notes
     # Never more than the limit (plus the burst) in any one-second window, across all processes.
     # The times are taken where each worker wakes from its reservation's sleep, up to LATE seconds
     # after the moment the database gave it: the times within any window of 1 - LATE seconds were

@@ -38,6 +38,7 @@ def test_four_processes_share_one_limit(mode: str, tmp_path: Path) -> None:
         config, "api", processes=4, tasks_per_process=10, duration=DURATION, mode=mode, startup=STARTUP
     )
     stats = summarize(times, DURATION)
+    print(f"accuracy: {stats}")  # shown by pytest -rP, for the release notes
     # Never more than the limit (plus the burst) in any one-second window, across all processes.
     # The times are recorded when each worker wakes from its reservation's sleep: a wake-up up to
     # LATE seconds late can bunch with the next call. Recorded times within a window of 1 - LATE
