@@ -224,6 +224,19 @@ SQL_GCRA = _sql_gcra("", " RETURNING num")
 _TAT_OUT = "ratesync_tat"
 #: The sync side's statement: the same, minus RETURNING.
 SQL_GCRA_SYNC = _sql_gcra(_TAT_OUT, "")
+#: The sync side's statement for a key whose row this process has written (``_rows``): the DO
+#: UPDATE branch alone, as a plain UPDATE. The UPSERT builds the row to insert (with a call of
+#: ``ratesync_tat`` and two more tests of the clock) before it finds the conflict; this skips
+#: that: 0.8 us of a 13 us statement. No row updated (refused, a stale reading, or the row was
+#: swept, reset or never there) leads to the same read as the UPSERT's no-write, which tells which.
+SQL_GCRA_UPDATE = (
+    f"UPDATE {STATE_TABLE} SET kind = {_TOKEN_BUCKET}, num = {_TAT_OUT}({_TAT} + ?3), data = NULL,"
+    f" expires_at = ?2 + max(0.0, {_TAT} + ?3 - ?2)"
+    f" WHERE key = ?1 AND {_TAT} + ?3 - ?4 - ?2 <= ?5 AND {_FRESH}"
+)
+#: How many keys ``_rows`` remembers before it starts again (a bound, not a cache policy: a key
+#: forgotten costs one UPSERT, after which it is remembered again).
+_ROWS_KEPT = 4096
 #: A refused call is answered from the row as one read finds it, provided the reading of the clock
 #: is as fresh at the read (the same test and parameters as ``SQL_GCRA``; one row even for no key).
 SQL_GET_FRESH = (
@@ -407,6 +420,10 @@ class SQLiteStore(Store):
         self._conn: sqlite3.Connection | None = None
         self._cursor: sqlite3.Cursor | None = None  # reused by every statement: one object less per call
         self._tat_out = _TatOut()
+        # Keys whose row this process's sync side has written: their calls try ``SQL_GCRA_UPDATE``
+        # first. Rows disappear only when swept (expired), reset or purged, all of which the
+        # UPDATE's no-write and the read after it notice.
+        self._rows: set[str] = set()
         # The async side: one aiosqlite connection per event loop (an asyncio lock belongs to one loop,
         # and one connection cannot interleave two loops' transactions); dropped with its loop.
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncSide] = weakref.WeakKeyDictionary()
@@ -667,18 +684,35 @@ class SQLiteStore(Store):
                 now = self._clock()
                 params = (key, now, step, span, limit, self._fresh_for)
                 if now + step - span - now <= limit:  # else refused whatever the state
+                    rows_known = self._rows
+                    sql = SQL_GCRA_UPDATE if key in rows_known else SQL_GCRA_SYNC
                     started = time.monotonic()
                     try:
-                        written = cursor.execute(SQL_GCRA_SYNC, params).rowcount
+                        written = cursor.execute(sql, params).rowcount
                     except sqlite3.OperationalError as exc:
-                        written = self._retry_busy(cursor, SQL_GCRA_SYNC, params, exc, started).rowcount
+                        written = self._retry_busy(cursor, sql, params, exc, started).rowcount
+                    if written != 1 and sql is SQL_GCRA_UPDATE:
+                        row = cursor.execute(SQL_GET_FRESH, params).fetchone()
+                        if row[0] is not None:  # refused, or a stale reading: as after the UPSERT
+                            return _gcra_refused(spec, row, now, cost, max_wait)
+                        rows_known.discard(key)  # swept, reset or purged meanwhile: insert it
+                        sql = SQL_GCRA_SYNC
+                        try:
+                            written = cursor.execute(sql, params).rowcount
+                        except sqlite3.OperationalError as exc:
+                            written = self._retry_busy(cursor, sql, params, exc, started).rowcount
                     if written == 1:
                         # A row was written, so this statement computed it through ``ratesync_tat``
-                        # (the INSERT's values always, then the DO UPDATE's if there was a conflict).
+                        # (the UPSERT: the INSERT's values always, then the DO UPDATE's if there was
+                        # a conflict).
                         new_tat = self._tat_out.tat
                         if new_tat is None:
                             return None  # a new key, and a clock reading too old: nothing written
                         self._written += 1
+                        if sql is not SQL_GCRA_UPDATE:
+                            if len(rows_known) >= _ROWS_KEPT:
+                                rows_known.clear()
+                            rows_known.add(key)
                         return _gcra_admitted(new_tat, now, interval, span, spec.burst)
                 rows = cursor.execute(SQL_GET_FRESH, params).fetchall()
             except BaseException as exc:

@@ -115,13 +115,21 @@ async def apply(store: SQLiteStore, clock: ManualClock, spec: TokenBucket, ops: 
             else:
                 conn = store._conn
                 assert conn is not None
+                known = KEYS[k] in store._rows  # a row this process wrote: the UPDATE is tried first
                 statements.clear()
                 conn.set_trace_callback(statements.append)
                 got = store.acquire(slots, cost, max_wait)
                 conn.set_trace_callback(None)
-                # Admitted: the one statement. Refused: it (unless no state could admit) and one read.
+                # Admitted: the one statement (and, for a row gone since, a read and the UPSERT).
+                # Refused: it (unless no state could admit) and one read.
                 kinds = [s.split(" ", 1)[0] for s in statements]
-                assert kinds == ["INSERT"] if got.allowed else kinds in (["INSERT", "SELECT"], ["SELECT"]), statements
+                if got.allowed:
+                    expected = [["UPDATE"], ["UPDATE", "SELECT", "INSERT"]] if known else [["INSERT"]]
+                else:
+                    expected = [["UPDATE", "SELECT"], ["SELECT"]] if known else [["INSERT", "SELECT"], ["SELECT"]]
+                assert kinds in expected, statements
+                if got.allowed:
+                    assert KEYS[k] in store._rows
             assert paths.transactions == before, (i, op)
             assert got == ref.acquire(KEYS[k], spec, cost, max_wait), (i, op)
             assert not got.degraded
@@ -185,6 +193,46 @@ def test_without_returning_the_transaction_decides_the_same(spec: TokenBucket, o
                     assert got == ref.acquire(KEYS[k], spec, cost, max_wait)
         finally:
             store.close()
+
+
+def test_a_known_key_is_one_update_and_a_vanished_row_is_inserted_again(tmp_path: Path) -> None:
+    clock = ManualClock(1_700_000_000.0)
+    db = tmp_path / "rows.db"
+    store = SQLiteStore(db, clock=clock)
+    other = SQLiteStore(db, clock=clock)
+    ref = Reference(clock)
+    spec, key = TokenBucket(rate_per_second=2.0, burst=3), "{rows}#0"
+    conn = store._connect().connection
+    statements: list[str] = []
+    conn.set_trace_callback(lambda sql: statements.append(sql.split(" ", 1)[0]))
+
+    def call(cost: int = 1) -> list[str]:
+        statements.clear()
+        assert store.acquire([(key, spec)], cost) == ref.acquire(key, spec, cost, 0.0)
+        return list(statements)
+
+    assert call() == ["INSERT"]  # a key this process has not written: the UPSERT
+    assert call() == ["UPDATE"]
+    assert call(2) == ["UPDATE", "SELECT"]  # refused: the read tells why nothing was written
+    other.reset([key])  # another process deletes the row (a reset; a sweep or a purge alike)
+    ref.states.pop(key, None)
+    assert call() == ["UPDATE", "SELECT", "INSERT"]
+    clock.now += 10.0  # the row expires but stays: the UPDATE reads it as no state
+    assert call() == ["UPDATE"]
+    assert store.peek([(key, spec)]).remaining == 2
+    other.close()
+    store.close()
+
+
+def test_the_keys_remembered_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_module, "_ROWS_KEPT", 8)
+    store = SQLiteStore(tmp_path / "bound.db", clock=ManualClock(1_700_000_000.0))
+    spec = TokenBucket(rate_per_second=2.0, burst=3)
+    for i in range(50):
+        assert store.acquire([(f"{{k{i}}}#0", spec)]).allowed
+        assert len(store._rows) <= 8
+    assert "{k49}#0" in store._rows
+    store.close()
 
 
 def test_the_sweep_runs_in_the_transaction_of_the_call_that_makes_it_due(
