@@ -3,8 +3,9 @@
 Every operation is one short transaction on a database file: ``BEGIN IMMEDIATE`` (the write lock,
 so two processes never both read the old state and one update is lost), read the state, run the
 pure reference function of ``ratesync._algorithms`` on it, write the new state, ``COMMIT``. The
-commonest, one token bucket, is one UPSERT instead, which decides as the reference does (see
-``SQL_GCRA``) and leaves the call to the transaction when it cannot. The file is in WAL mode
+commonest, one token bucket, is one UPSERT instead (one UPDATE for a key whose row this process
+has written), which decides as the reference does (see ``SQL_GCRA``) and leaves the call to the
+transaction when it cannot. The file is in WAL mode
 (readers never block the writer) with ``synchronous = NORMAL`` (a commit survives a crash of the
 process; a power loss may lose the last few milliseconds of charges, which a rate limiter can
 afford) and a generous busy timeout, so processes queue for the write lock instead of failing with
@@ -647,7 +648,7 @@ class SQLiteStore(Store):
                         lambda f: f.acquire(slots, cost, max_wait),
                         _OPEN,
                     )
-                if not self.healthy:  # another thread saw a failure meanwhile
+                if self._down:  # another thread saw a failure meanwhile
                     self._recovered()
                 return decision
         return super().acquire(slots, cost, max_wait)
