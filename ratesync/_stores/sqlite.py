@@ -648,7 +648,7 @@ class SQLiteStore(Store):
                         lambda f: f.acquire(slots, cost, max_wait),
                         _OPEN,
                     )
-                if self._down:  # another thread saw a failure meanwhile
+                if not self.healthy:  # another thread saw a failure meanwhile
                     self._recovered()
                 return decision
         return super().acquire(slots, cost, max_wait)
