@@ -58,7 +58,7 @@ from .._algorithms import (
 )
 from .._algorithms import _floor as _floor_eps
 from .._exceptions import ConfigurationError, MissingDependencyError, StoreError
-from ._base import _OPEN, OnError, Slot, Store
+from ._base import _OPEN, OnError, Slot, Store, redact_url
 
 if TYPE_CHECKING:
     import aiosqlite
@@ -303,19 +303,20 @@ def parse_sqlite_url(url: str) -> str:
     ``sqlite:///relative.db`` is relative to the working directory, ``sqlite:////abs/path.db`` is
     absolute, ``sqlite://`` and ``sqlite:///:memory:`` are an in-memory database.
     """
+    shown = redact_url(url)  # errors name the URL, never a password someone put in it
     try:
         parts = urlsplit(url)
     except ValueError as exc:
-        raise ConfigurationError(f"malformed sqlite URL {url!r}: {exc}", key="url") from None
+        raise ConfigurationError(f"malformed sqlite URL {shown!r}: {exc}", key="url") from None
     if parts.scheme != "sqlite":
-        raise ConfigurationError(f"expected a sqlite:/// URL, got {url!r}", key="url")
+        raise ConfigurationError(f"expected a sqlite:/// URL, got {shown!r}", key="url")
     if parts.netloc:
         raise ConfigurationError(
-            f"a sqlite URL has no host: use sqlite:///relative.db or sqlite:////absolute/path.db, not {url!r}",
+            f"a sqlite URL has no host: use sqlite:///relative.db or sqlite:////absolute/path.db, not {shown!r}",
             key="url",
         )
     if parts.query or parts.fragment:
-        raise ConfigurationError(f"query parameters are not supported in a sqlite URL: {url!r}", key="url")
+        raise ConfigurationError(f"query parameters are not supported in a sqlite URL: {shown!r}", key="url")
     path = parts.path
     if path in ("", "/"):
         return MEMORY

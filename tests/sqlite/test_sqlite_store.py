@@ -82,6 +82,22 @@ def test_bad_urls_name_the_key(url: str) -> None:
     assert info.value.key == "url"
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite://user:hunter2@/x.db",
+        "sqlite://user:hunter2@host/x.db",
+        "pg://u:hunter2@h/x.db",
+        "sqlite://u:hunter2@/x?a=1",
+    ],
+)
+def test_bad_urls_never_show_a_password(url: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        parse_sqlite_url(url)
+    assert "hunter2" not in str(info.value)
+    assert "***" in str(info.value)  # the URL is still named, its password masked
+
+
 def test_from_options(tmp_path: Path) -> None:
     store = create_store("local", "sqlite", {"path": str(tmp_path / "a.db"), "busy_timeout": 2, "on_error": "open"})
     assert isinstance(store, SQLiteStore)

@@ -280,6 +280,30 @@ async def test_decisions_have_sane_fields(store: Store, mode: Mode) -> None:
     assert d.remaining == 1
 
 
+#: Backends whose ``remaining`` is known to be off by one for these rates: they run the reference
+#: on absolute epoch times, whose last bit (2.4e-7 s) is above its EPSILON, so ``now + interval``
+#: rounds up for some intervals and a token goes missing from the count. Redis and PostgreSQL run it
+#: on times relative to the call's own (their ``base``); these two must do the same.
+REMAINING_OFF_BY_ONE = {"sqlite", "nats"}
+
+
+@pytest.mark.parametrize("rate", [3.0, 5.0, 7.0, 10.0, 30.0])
+async def test_remaining_counts_every_token_at_real_times(store: Store, mode: Mode, rate: float) -> None:
+    spec = TokenBucket(rate_per_second=rate, burst=4)
+    k = key() + "#0"
+    counts = [(await peek(store, mode, [(key() + "#0", spec)])).remaining]  # a fresh key: all of it
+    counts.append((await acquire(store, mode, [(k, spec)])).remaining)
+    try:
+        assert counts == [4, 3], counts
+    except AssertionError:
+        if store.engine in REMAINING_OFF_BY_ONE:
+            pytest.xfail(f"known: {store.engine} counts remaining on epoch times ({counts})")
+        raise
+    if store.engine in REMAINING_OFF_BY_ONE and rate == 5.0:
+        # 0.2 s is 838,860.8 last bits of a 2026 epoch time: it always rounds up there.
+        pytest.fail(f"{store.engine} now counts every token: take it out of REMAINING_OFF_BY_ONE")
+
+
 def test_time_moves_with_the_clock(store: Store) -> None:
     # A short real-time check that state ages: a 10/s bucket refills within 0.3 s.
     slots = [(key() + "#0", TokenBucket(rate_per_second=10.0, burst=1))]
