@@ -10,6 +10,14 @@ Reservations: a caller that is willing to wait (``max_wait > 0``) is given its p
 future and told how long to sleep (``Decision.wait``) instead of being refused and retrying.
 Every algorithm keeps reservations in arrival order (a new reservation is never placed before
 an existing one), which is what makes a batch of reservations exact and the order fair.
+
+Relative time: every algorithm also takes ``base``, the absolute time that ``now = 0`` stands for.
+A store whose clock reads epoch seconds (about 1.7e9, whose last bit is 2.4e-7 s: more than
+``EPSILON``) runs the algorithms on states shifted by ``-base`` (:func:`shift_state`) with
+``now = 0`` and ``base`` its reading, so that ``now + interval - now`` is the interval exactly and no
+token is lost to rounding. Only fixed windows use ``base`` (their windows are aligned to the
+absolute clock); the other algorithms depend on time differences alone and accept it so that all
+of them are called alike. With ``base = 0`` every algorithm is exactly its absolute form.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ __all__ = [
     "peek",
     "quota",
     "quota_observe",
+    "shift_state",
     "sliding_window",
     "state_ttl",
     "token_bucket",
@@ -220,7 +229,7 @@ def gcra(
 
 
 def token_bucket(
-    state: float | None, now: float, cost: int, spec: TokenBucket, max_wait: float = 0.0
+    state: float | None, now: float, cost: int, spec: TokenBucket, max_wait: float = 0.0, base: float = 0.0
 ) -> tuple[Decision, float | None]:
     """GCRA: the state is one number, the theoretical arrival time (TAT) of the next call."""
     interval = 1.0 / spec.rate_per_second
@@ -239,6 +248,7 @@ def sliding_window(
     cost: int,
     spec: SlidingWindow,
     max_wait: float = 0.0,
+    base: float = 0.0,
 ) -> tuple[Decision, Sequence[tuple[float, int]] | None]:
     """An exact log of ``(time, cost)`` entries, oldest first.
 
@@ -283,11 +293,19 @@ def _reset(entries: Sequence[tuple[float, int]], now: float, window: float) -> f
 
 
 def fixed_window(
-    state: tuple[float, int] | None, now: float, cost: int, spec: FixedWindow, max_wait: float = 0.0
+    state: tuple[float, int] | None,
+    now: float,
+    cost: int,
+    spec: FixedWindow,
+    max_wait: float = 0.0,
+    base: float = 0.0,
 ) -> tuple[Decision, tuple[float, int] | None]:
-    """``(window_start, count)``; windows start at multiples of ``window_seconds`` of the clock."""
+    """``(window_start, count)``; windows start at multiples of ``window_seconds`` of the clock.
+
+    The clock is absolute: with times relative to ``base``, the windows are those of ``base + now``.
+    """
     window = spec.window_seconds
-    current = math.floor(now / window) * window
+    current = math.floor((base + now) / window) * window - base
     start, count = state if state is not None and state[0] >= current else (current, 0)
     room_now = float(max(0, spec.limit - count)) if start <= now else 0.0
     if cost > spec.limit:
@@ -304,7 +322,7 @@ def fixed_window(
 
 
 def quota(
-    state: QuotaState | None, now: float, cost: int, spec: Quota, max_wait: float = 0.0
+    state: QuotaState | None, now: float, cost: int, spec: Quota, max_wait: float = 0.0, base: float = 0.0
 ) -> tuple[Decision, QuotaState | None]:
     """Spend a learned upstream quota; with nothing learned, admit."""
     if state is None:
@@ -414,21 +432,27 @@ _ALGORITHMS: dict[type[Any], Callable[..., tuple[Decision, Any]]] = {
 
 
 def decide(
-    states: Sequence[Any], now: float, cost: int, specs: Sequence[Spec], max_wait: float = 0.0
+    states: Sequence[Any],
+    now: float,
+    cost: int,
+    specs: Sequence[Spec],
+    max_wait: float = 0.0,
+    base: float = 0.0,
 ) -> tuple[Decision, list[Any]]:
     """Several limits as one: admitted only when every limit admits, charged all or nothing.
 
     Each limit says when it could admit the call; the call is placed at the latest of those times
     in every limit (each algorithm admits at any time after its earliest, so this is exact).
+    ``base``: see the module's note on relative time.
     """
     if len(specs) == 1:
-        decision, new_state = _ALGORITHMS[type(specs[0])](states[0], now, cost, specs[0], max_wait)
+        decision, new_state = _ALGORITHMS[type(specs[0])](states[0], now, cost, specs[0], max_wait, base)
         return decision, [new_state]
     first: list[Decision] = []
     first_states: list[Any] = []
     at = 0.0  # every wait is >= 0 (admitted) or inf (never): the latest of them
     for st, s in zip(states, specs, strict=True):
-        d, ns = _ALGORITHMS[type(s)](st, now, cost, s, math.inf)
+        d, ns = _ALGORITHMS[type(s)](st, now, cost, s, math.inf, base)
         first.append(d)
         first_states.append(ns)
         if d.wait > at:
@@ -448,12 +472,12 @@ def decide(
     # ``inf``: some limit can never admit this cost; ``inf > inf + EPSILON`` is false, hence the test.
     if math.isinf(at) or at > max_wait + EPSILON:
         binding = max(first, key=lambda d: d.wait)
-        remaining = min(_remaining_now(st, now, s) for st, s in zip(states, specs, strict=True))
+        remaining = min(_remaining_now(st, now, s, base) for st, s in zip(states, specs, strict=True))
         return Decision(False, at, remaining, binding.reset_after, binding.limit), list(states)
     decisions: list[Decision] = []
     new_states: list[Any] = []
     for st, s in zip(states, specs, strict=True):
-        d, ns = _ALGORITHMS[type(s)](st, now + at, cost, s, 0.0)
+        d, ns = _ALGORITHMS[type(s)](st, now + at, cost, s, 0.0, base)
         decisions.append(d)
         new_states.append(ns)
     binding = min(decisions, key=lambda d: d.remaining)
@@ -464,17 +488,34 @@ def decide(
     )
 
 
-def _remaining_now(state: Any, now: float, spec: Spec) -> float:
-    d, _ = _ALGORITHMS[type(spec)](state, now, 1, spec, 0.0)
+def _remaining_now(state: Any, now: float, spec: Spec, base: float) -> float:
+    d, _ = _ALGORITHMS[type(spec)](state, now, 1, spec, 0.0, base)
     return d.remaining + 1 if d.allowed else d.remaining
 
 
-def peek(states: Sequence[Any], now: float, specs: Sequence[Spec]) -> Decision:
+def peek(states: Sequence[Any], now: float, specs: Sequence[Spec], base: float = 0.0) -> Decision:
     """What a call of cost 1 would be told now, charging nothing; ``remaining`` counts it unspent."""
-    d, _ = decide(states, now, 1, specs, 0.0)
+    d, _ = decide(states, now, 1, specs, 0.0, base)
     if d.allowed:
         return Decision(True, 0.0, d.remaining + 1, d.reset_after, d.limit)
     return d
+
+
+def shift_state(state: Any, spec: Spec, offset: float) -> Any:
+    """``state`` of ``spec`` with every time in it moved by ``offset`` seconds; None stays None.
+
+    ``shift_state(state, spec, -base)`` reads an absolute state relative to ``base``, and
+    ``shift_state(state, spec, base)`` writes it back (see the module's note on relative time).
+    """
+    if state is None:
+        return None
+    if isinstance(spec, TokenBucket):
+        return state + offset
+    if isinstance(spec, SlidingWindow):
+        return tuple((t + offset, c) for t, c in state)
+    if isinstance(spec, FixedWindow):
+        return (state[0] + offset, state[1])
+    return QuotaState(state.reset_at + offset, state.remaining, state.limit, state.window)
 
 
 def state_ttl(state: Any, now: float, spec: Spec) -> float:

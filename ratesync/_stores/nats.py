@@ -67,6 +67,7 @@ from .._algorithms import (
     lease_acquire,
     peek,
     quota_observe,
+    shift_state,
     state_ttl,
 )
 from .._exceptions import ConfigurationError, MissingDependencyError, StoreError
@@ -178,7 +179,9 @@ def redact_nats_url(url: str) -> str:
 # -- state encoding --------------------------------------------------------------------------
 
 
-def _encode_state(state: Any) -> Any:
+def _encode_state(state: Any, spec: Spec, now: float) -> Any:
+    """The stored form of ``state``, relative to ``now``: absolute times (see ``_field_state``)."""
+    state = shift_state(state, spec, now)
     if isinstance(state, QuotaState):
         return list(state)
     return state
@@ -196,6 +199,12 @@ def _decode_state(raw: Any, spec: Spec) -> Any:
 
 
 def _field_state(obj: dict[str, Any], key: str, spec: Spec, now: float) -> Any:
+    """The state of ``key`` relative to ``now``; None when absent, expired, of another kind or unreadable.
+
+    Entries hold absolute times, and decisions run the reference on times relative to the reading
+    of the clock (``now = 0``, ``base = now``: see the note on relative time in
+    ``ratesync._algorithms``), so that an epoch time's last bit (2.4e-7 s) never costs a token.
+    """
     record = obj.get(key)
     if record is None:
         return None
@@ -203,7 +212,7 @@ def _field_state(obj: dict[str, Any], key: str, spec: Spec, now: float) -> Any:
         expires_at, kind, raw = record
         if expires_at <= now or kind != _KINDS[type(spec)]:
             return None
-        return _decode_state(raw, spec)
+        return shift_state(_decode_state(raw, spec), spec, -now)
     except (TypeError, ValueError, KeyError):
         logger.warning("rate-sync nats store: unreadable state under %r ignored (starts afresh)", key)
         return None
@@ -732,15 +741,15 @@ class NatsStore(PortalStore):
 
         def change(obj: dict[str, Any], now: float) -> tuple[Decision, dict[str, Any] | None]:
             states = [_field_state(obj, key, spec, now) for key, spec in slots]
-            decision, new_states = decide(states, now, cost, specs, max_wait)
+            decision, new_states = decide(states, 0.0, cost, specs, max_wait, now)
             if not decision.allowed:
                 return decision, None
             new_obj = _live(obj, now)
             for (key, spec), state in zip(slots, new_states, strict=True):
-                ttl = state_ttl(state, now, spec)
+                ttl = state_ttl(state, 0.0, spec)
                 if ttl > 0:
                     self._check_max_age(ttl)
-                    new_obj[key] = [now + ttl, _KINDS[type(spec)], _encode_state(state)]
+                    new_obj[key] = [now + ttl, _KINDS[type(spec)], _encode_state(state, spec, now)]
                 else:
                     new_obj.pop(key, None)
             return decision, new_obj
@@ -752,18 +761,18 @@ class NatsStore(PortalStore):
         conn = await self._conn()
         _, obj = await self._read(conn, name)
         now = self.now()
-        return peek([_field_state(obj, key, spec, now) for key, spec in slots], now, [s for _, s in slots])
+        return peek([_field_state(obj, key, spec, now) for key, spec in slots], 0.0, [s for _, s in slots], now)
 
     async def _run_observe(self, key: str, spec: Quota, obs: Observation) -> None:
         def change(obj: dict[str, Any], now: float) -> tuple[None, dict[str, Any] | None]:
-            state = quota_observe(_field_state(obj, key, spec, now), now, obs, spec)
+            state = quota_observe(_field_state(obj, key, spec, now), 0.0, obs, spec)
             if state is None:
                 return None, None
             new_obj = _live(obj, now)
-            ttl = state_ttl(state, now, spec)
+            ttl = state_ttl(state, 0.0, spec)
             if ttl > 0:
                 self._check_max_age(ttl)
-                new_obj[key] = [now + ttl, _KINDS[Quota], _encode_state(state)]
+                new_obj[key] = [now + ttl, _KINDS[Quota], _encode_state(state, spec, now)]
             else:
                 new_obj.pop(key, None)
             return None, new_obj

@@ -14,7 +14,10 @@ afford) and a generous busy timeout, so processes queue for the write lock inste
 The sync side needs only the standard library (``sqlite3``); the async side runs the very same
 operations through ``aiosqlite`` (imported on first async use). Both sides of one store share the
 file, so they share the limits. Time is ``time.time()`` of the machine: all the processes of one
-machine read the same clock.
+machine read the same clock. States hold absolute times; every decision runs the reference on
+times relative to the call's reading of the clock (``now = 0``, ``base`` the reading: see the note
+on relative time in ``ratesync._algorithms``), as the Redis and PostgreSQL stores do, so that an
+epoch time's last bit (2.4e-7 s) never costs a token.
 
 Operations are written once, as generators that yield SQL statements and receive their rows
 (``_Op``); a sync driver runs them on ``sqlite3`` and an async driver on ``aiosqlite``, which is
@@ -34,7 +37,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
@@ -53,6 +56,7 @@ from .._algorithms import (
     lease_acquire,
     peek,
     quota_observe,
+    shift_state,
     state_ttl,
     token_bucket,
 )
@@ -179,18 +183,21 @@ _loads = json.loads
 # of four statements. A write statement takes the write lock before it reads the row (its implicit
 # transaction begins like ``BEGIN IMMEDIATE``), so it is as atomic across processes as the
 # transaction, and the lock is held for one statement run in C, with no Python between statements.
-# Python runs once while it is held: the TAT comes back through ``ratesync_tat`` on the sync side
-# (``_TatOut``), and as the row of ``RETURNING`` on the async side (taken by Python before the step
-# that commits). Either way, in a process whose other threads keep the GIL busy, that moment can
-# wait for the GIL with the lock held. The SQL runs the arithmetic of ``_algorithms.gcra`` with the
-# same IEEE operations in the same order (SQLite computes in C doubles), so the TAT it writes and
-# returns is the reference's bit for bit. Parameters:
+# Python runs while it is held: the TAT comes back through ``ratesync_tat`` (``_TatOut``), and on
+# the async side a ``RETURNING`` row says that a row was written (Python takes it before the step
+# that commits). In a process whose other threads keep the GIL busy, those moments can wait for
+# the GIL with the lock held. The SQL runs the arithmetic of ``_algorithms.gcra`` with the
+# same IEEE operations in the same order (SQLite computes in C doubles), so the TAT it returns is
+# the reference's bit for bit. Like the transaction, it runs the reference on times relative to the
+# reading ``now``: the stored TAT is read as ``num - now``, the reference runs at time 0, and the
+# new relative TAT is what ``ratesync_tat`` hands back, while ``num`` gets it plus ``now``.
+# Parameters:
 #   ?1 key, ?2 now, ?3 cost * interval, ?4 span (burst * interval), ?5 max_wait + EPSILON,
 #   ?6 how far SQLite's clock may be past ?2 when the lock is held (``_FRESH``).
-# ``_TAT`` is ``max(state, now)``, where a row that is expired or of another kind is no state
+# ``_TAT`` is ``max(state - now, 0)``, where a row that is expired or of another kind is no state
 # (``_decode``); the right-hand sides and the WHERE of DO UPDATE all read the row as it was. A new
 # key inserts unconditionally: the caller checks first that the call is admissible with no state
-# (``((now + step) - span) - now <= limit``; an empty bucket admits whatever a fuller one does).
+# (``(0 + step) - span <= limit``; an empty bucket admits whatever a fuller one does).
 #
 # ``now`` is read in Python before the statement waits for the lock; the transaction reads it once
 # the lock is held. So that a call kept waiting by other processes (SQLite's busy handler sleeps
@@ -203,26 +210,27 @@ _loads = json.loads
 # lock was held. ``julianday`` is that millisecond count over 86,400,000, so rounding recovers it
 # exactly (210,866,760,000,000 ms is the Unix epoch: Julian day 2,440,587.5).
 _FRESH = "(round(julianday('now') * 86400000.0) - 210866760000000.0) / 1000.0 - ?2 <= ?6"
-_TAT = f"(CASE WHEN kind = {_TOKEN_BUCKET} AND expires_at > ?2 AND num >= ?2 THEN num ELSE ?2 END)"
+_TAT = f"(CASE WHEN kind = {_TOKEN_BUCKET} AND expires_at > ?2 AND num >= ?2 THEN num - ?2 ELSE 0.0 END)"
 
 
 def _sql_gcra(out: str, returning: str) -> str:
-    """The statement, the TAT it writes passed through the SQL function ``out`` ('' for none)."""
+    """The statement, the relative TAT it computes passed through the SQL function ``out``."""
     return (
         f"INSERT INTO {STATE_TABLE} (key, kind, num, data, expires_at)"
-        f" VALUES (?1, {_TOKEN_BUCKET}, {out}(CASE WHEN {_FRESH} THEN ?2 + ?3 END), NULL,"
-        f" CASE WHEN {_FRESH} THEN ?2 + max(0.0, ?2 + ?3 - ?2) ELSE ?2 END)"
-        f" ON CONFLICT (key) DO UPDATE SET kind = {_TOKEN_BUCKET}, num = {out}({_TAT} + ?3), data = NULL,"
-        f" expires_at = ?2 + max(0.0, {_TAT} + ?3 - ?2)"
-        f" WHERE {_TAT} + ?3 - ?4 - ?2 <= ?5 AND {_FRESH}"
+        f" VALUES (?1, {_TOKEN_BUCKET}, {out}(CASE WHEN {_FRESH} THEN 0.0 + ?3 END) + ?2, NULL,"
+        f" CASE WHEN {_FRESH} THEN ?2 + max(0.0, 0.0 + ?3) ELSE ?2 END)"
+        f" ON CONFLICT (key) DO UPDATE SET kind = {_TOKEN_BUCKET}, num = {out}({_TAT} + ?3) + ?2, data = NULL,"
+        f" expires_at = ?2 + max(0.0, {_TAT} + ?3)"
+        f" WHERE {_TAT} + ?3 - ?4 <= ?5 AND {_FRESH}"
         f"{returning}"
     )
 
 
-#: The async side's statement: the TAT comes back as a row (one aiosqlite round trip).
-SQL_GCRA = _sql_gcra("", " RETURNING num")
-#: The SQL function that hands the TAT to Python on the sync side (see ``_TatOut``).
+#: The SQL function that hands the relative TAT to Python (see ``_TatOut``).
 _TAT_OUT = "ratesync_tat"
+#: The async side's statement: a row comes back when one was written (one aiosqlite round trip;
+#: the TAT itself through the async connection's ``ratesync_tat``, the row holds only absolute times).
+SQL_GCRA = _sql_gcra(_TAT_OUT, " RETURNING 1")
 #: The sync side's statement: the same, minus RETURNING.
 SQL_GCRA_SYNC = _sql_gcra(_TAT_OUT, "")
 #: The sync side's statement for a key whose row this process has written (``_rows``): the DO
@@ -231,9 +239,9 @@ SQL_GCRA_SYNC = _sql_gcra(_TAT_OUT, "")
 #: that: 0.8 us of a 13 us statement. No row updated (refused, a stale reading, or the row was
 #: swept, reset or never there) leads to the same read as the UPSERT's no-write, which tells which.
 SQL_GCRA_UPDATE = (
-    f"UPDATE {STATE_TABLE} SET kind = {_TOKEN_BUCKET}, num = {_TAT_OUT}({_TAT} + ?3), data = NULL,"
-    f" expires_at = ?2 + max(0.0, {_TAT} + ?3 - ?2)"
-    f" WHERE key = ?1 AND {_TAT} + ?3 - ?4 - ?2 <= ?5 AND {_FRESH}"
+    f"UPDATE {STATE_TABLE} SET kind = {_TOKEN_BUCKET}, num = {_TAT_OUT}({_TAT} + ?3) + ?2, data = NULL,"
+    f" expires_at = ?2 + max(0.0, {_TAT} + ?3)"
+    f" WHERE key = ?1 AND {_TAT} + ?3 - ?4 <= ?5 AND {_FRESH}"
 )
 #: How many keys ``_rows`` remembers before it starts again (a bound, not a cache policy: a key
 #: forgotten costs one UPSERT, after which it is remembered again).
@@ -250,26 +258,28 @@ _FRESH_FOR = 0.0
 _ONE_STATEMENT = sqlite3.sqlite_version_info >= (3, 35, 5)
 
 
-def _gcra_admitted(new_tat: float, now: float, interval: float, span: float, burst: int) -> Decision:
-    """The decision ``_algorithms.token_bucket`` gives an admitted call that set the TAT to ``new_tat``."""
-    wait = new_tat - span - now
+def _gcra_admitted(new_tat: float, interval: float, span: float, burst: int) -> Decision:
+    """The decision ``_algorithms.token_bucket`` gives an admitted call that set the relative TAT to ``new_tat``."""
+    # The reference at now = 0: ``x - 0.0`` is ``x``, so the subtractions of ``now`` are left out.
+    wait = new_tat - span
     if wait <= EPSILON:
-        return Decision(True, 0.0, max(0.0, _floor_eps((span - (new_tat - now)) / interval)), new_tat - now, burst)
-    return Decision(True, wait, 0.0, new_tat - now, burst)
+        return Decision(True, 0.0, max(0.0, _floor_eps((span - new_tat) / interval)), new_tat, burst)
+    return Decision(True, wait, 0.0, new_tat, burst)
 
 
 def _gcra_refused(spec: TokenBucket, row: Sequence[Any], now: float, cost: int, max_wait: float) -> Decision | None:
     """The refusal of the reference on a row of ``SQL_GET_FRESH``; None if the reading was stale or it admits."""
     if not row[4]:
         return None
-    decision, _ = token_bucket(_decode(spec, row if row[0] is not None else None, now), now, cost, spec, max_wait)
+    state = _decode(spec, row if row[0] is not None else None, now)
+    decision, _ = token_bucket(state, 0.0, cost, spec, max_wait, now)
     return None if decision.allowed else decision
 
 
 def _decode(spec: Spec, row: Sequence[Any] | None, now: float) -> Any:
-    """The state a row holds for ``spec`` at ``now``; None when absent, expired or of another kind.
+    """The state a row holds for ``spec``, relative to ``now``; None when absent, expired or of another kind.
 
-    ``row`` is ``(kind, num, data, expires_at)``.
+    ``row`` is ``(kind, num, data, expires_at)``; its times are absolute.
     """
     if row is None or row[3] <= now:
         return None
@@ -277,21 +287,25 @@ def _decode(spec: Spec, row: Sequence[Any] | None, now: float) -> Any:
     if row[0] != kind:
         return None
     if kind == _TOKEN_BUCKET:
-        return row[1]
+        return row[1] - now
     data = _loads(row[2])
     if kind == _SLIDING_WINDOW:
-        return tuple((t, c) for t, c in data)
+        return tuple((t - now, c) for t, c in data)
     if kind == _FIXED_WINDOW:
-        return (data[0], data[1])
-    return QuotaState(*data)
+        return (data[0] - now, data[1])
+    return shift_state(QuotaState(*data), spec, -now)
 
 
-def _encode(spec: Spec, state: Any) -> tuple[int, float | None, str | None]:
-    """``(kind, num, data)`` for a state; floats keep every bit (JSON writes ``repr(float)``)."""
+def _encode(spec: Spec, state: Any, now: float) -> tuple[int, float | None, str | None, float]:
+    """``(kind, num, data, expires_at)`` for a state relative to ``now``, written in absolute times.
+
+    Floats keep every bit (JSON writes ``repr(float)``).
+    """
     kind = _KINDS[type(spec)]
+    expires_at = now + state_ttl(state, 0.0, spec)
     if kind == _TOKEN_BUCKET:
-        return kind, float(state), None
-    return kind, None, _dumps(list(state))
+        return kind, float(state) + now, None, expires_at
+    return kind, None, _dumps(list(shift_state(state, spec, now))), expires_at
 
 
 # -- configuration ------------------------------------------------------------------------------
@@ -351,10 +365,12 @@ if hasattr(os, "register_at_fork"):
 class _TatOut:
     """The SQL function ``ratesync_tat(x)``: returns ``x`` and keeps it, for the statement's caller to read.
 
-    ``SQL_GCRA_SYNC`` passes the TAT it writes through it instead of ``RETURNING`` it: ``RETURNING``
+    ``SQL_GCRA_SYNC`` passes the TAT it computes through it instead of ``RETURNING`` it: ``RETURNING``
     makes SQLite buffer the row in an ephemeral table and commit only at a second step, after
-    Python has taken the row (measured: 1.3 us of a 9.5 us statement). The sync connection runs one
-    statement at a time (under the store's ``_lock``), so one slot per store suffices.
+    Python has taken the row (measured: 1.3 us of a 9.5 us statement). And the TAT it hands back
+    is relative to the call's reading of the clock, which the row (absolute times) cannot give back
+    exactly. A connection runs one statement at a time (the sync one under the store's ``_lock``,
+    an async one under its side's lock), so one slot per connection suffices.
     """
 
     __slots__ = ("tat",)
@@ -373,6 +389,8 @@ class _AsyncSide:
 
     lock: asyncio.Lock
     conn: aiosqlite.Connection | None = None
+    #: ``ratesync_tat`` of this side's connection (re-registered on each connection opened).
+    tat_out: _TatOut = field(default_factory=_TatOut)
 
 
 class SQLiteStore(Store):
@@ -529,15 +547,14 @@ class SQLiteStore(Store):
         rows = yield (_sql_get_many(len(keys)), keys, _QUERY)
         found = {row[0]: row[1:] for row in rows}
         states = [_decode(spec, found.get(key), now) for key, spec in slots]
-        decision, new_states = decide(states, now, cost, [spec for _, spec in slots], max_wait)
+        decision, new_states = decide(states, 0.0, cost, [spec for _, spec in slots], max_wait, now)
         if decision.allowed:
             updates: list[tuple[Any, ...]] = []
             inserts: list[tuple[Any, ...]] = []
             deletes: list[str] = []
             for (key, spec), state in zip(slots, new_states, strict=True):
                 if state is not None:
-                    kind, num, data = _encode(spec, state)
-                    params = (kind, num, data, now + state_ttl(state, now, spec), key)
+                    params = (*_encode(spec, state, now), key)
                     (updates if key in found else inserts).append(params)
                 elif key in found:
                     deletes.append(key)
@@ -557,19 +574,18 @@ class SQLiteStore(Store):
         if len(slots) == 1:
             key, spec = slots[0]
             rows = yield (SQL_GET, (key,), _QUERY)
-            return peek((_decode(spec, rows[0] if rows else None, now),), now, (spec,))
+            return peek((_decode(spec, rows[0] if rows else None, now),), 0.0, (spec,), now)
         keys = [key for key, _ in slots]
         rows = yield (_sql_get_many(len(keys)), keys, _QUERY)
         found = {row[0]: row[1:] for row in rows}
-        return peek([_decode(spec, found.get(key), now) for key, spec in slots], now, [spec for _, spec in slots])
+        return peek([_decode(spec, found.get(key), now) for key, spec in slots], 0.0, [s for _, s in slots], now)
 
     def _op_observe(self, key: str, spec: Quota, obs: Observation) -> _Op[None]:
         now = self._clock()
         rows = yield (SQL_GET, (key,), _QUERY)
-        new_state = quota_observe(_decode(spec, rows[0] if rows else None, now), now, obs, spec)
+        new_state = quota_observe(_decode(spec, rows[0] if rows else None, now), 0.0, obs, spec)
         if new_state is not None:
-            kind, num, data = _encode(spec, new_state)
-            params = (kind, num, data, now + state_ttl(new_state, now, spec), key)
+            params = (*_encode(spec, new_state, now), key)
             yield (SQL_UPDATE if rows else SQL_INSERT, params, _WRITE)
             self._written += 1
             if self._written >= _SWEEP_EVERY:
@@ -685,7 +701,7 @@ class SQLiteStore(Store):
                     return None
                 now = self._clock()
                 params = (key, now, step, span, limit, self._fresh_for)
-                if now + step - span - now <= limit:  # else refused whatever the state
+                if step - span <= limit:  # else refused whatever the state (0 + step - span - 0)
                     rows_known = self._rows
                     sql = SQL_GCRA_UPDATE if key in rows_known else SQL_GCRA_SYNC
                     started = time.monotonic()
@@ -715,7 +731,7 @@ class SQLiteStore(Store):
                             if len(rows_known) >= _ROWS_KEPT:
                                 rows_known.clear()
                             rows_known.add(key)
-                        return _gcra_admitted(new_tat, now, interval, span, spec.burst)
+                        return _gcra_admitted(new_tat, interval, span, spec.burst)
                 rows = cursor.execute(SQL_GET_FRESH, params).fetchall()
             except BaseException as exc:
                 translated = self._sync_error(exc, write=True)
@@ -802,23 +818,23 @@ class SQLiteStore(Store):
             conn = side.conn
             try:
                 if conn is None:
-                    conn = side.conn = await self._aopen()
+                    conn = side.conn = await self._aopen(side.tat_out)
                 if self._written + 1 >= _SWEEP_EVERY:
                     return None
                 now = self._clock()
                 params = (key, now, step, span, limit, self._fresh_for)
-                if now + step - span - now <= limit:
+                if step - span <= limit:
                     started = time.monotonic()
                     try:
                         rows = list(await conn.execute_fetchall(SQL_GCRA, params))
                     except sqlite3.OperationalError as exc:
                         rows = await self._aretry_busy(conn, SQL_GCRA, params, exc, started)
-                    if rows:
-                        new_tat = rows[0][0]
+                    if rows:  # a row was written: its TAT went through ``ratesync_tat`` (see the sync side)
+                        new_tat = side.tat_out.tat
                         if new_tat is None:
                             return None
                         self._written += 1
-                        return _gcra_admitted(new_tat, now, interval, span, spec.burst)
+                        return _gcra_admitted(new_tat, interval, span, spec.burst)
                 rows = list(await conn.execute_fetchall(SQL_GET_FRESH, params))
             except BaseException as exc:
                 # Nothing to roll back: the statement commits by itself or not at all.
@@ -1042,7 +1058,7 @@ class SQLiteStore(Store):
             conn = side.conn
             try:
                 if conn is None:
-                    conn = side.conn = await self._aopen()
+                    conn = side.conn = await self._aopen(side.tat_out)
                 if write:
                     await self._abegin(conn)
                 result = await _adrive(conn, op)
@@ -1097,7 +1113,7 @@ class SQLiteStore(Store):
                 await asyncio.sleep(min(delay, left))
                 delay = min(delay * 2, 0.05)
 
-    async def _aopen(self) -> aiosqlite.Connection:
+    async def _aopen(self, tat_out: _TatOut) -> aiosqlite.Connection:
         try:
             import aiosqlite
         except ImportError:
@@ -1110,6 +1126,7 @@ class SQLiteStore(Store):
             thread.daemon = True
         await conn
         try:
+            await conn.create_function(_TAT_OUT, 1, tat_out, deterministic=False)
             deadline = time.monotonic() + self.busy_timeout
             delay = 0.001
             while True:
@@ -1157,13 +1174,13 @@ def _decide_one(
     key: str, spec: Spec, rows: list[Any], now: float, cost: int, max_wait: float
 ) -> tuple[Decision, _Request | None]:
     """The decision for one limit whose row (if any) is ``rows[0]``, and the statement writing it."""
-    decision, new_states = decide((_decode(spec, rows[0] if rows else None, now),), now, cost, (spec,), max_wait)
+    state = _decode(spec, rows[0] if rows else None, now)
+    decision, new_states = decide((state,), 0.0, cost, (spec,), max_wait, now)
     if not decision.allowed:
         return decision, None
     state = new_states[0]
     if state is not None:
-        kind, num, data = _encode(spec, state)
-        params = (kind, num, data, now + state_ttl(state, now, spec), key)
+        params = (*_encode(spec, state, now), key)
         return decision, (SQL_UPDATE if rows else SQL_INSERT, params, _WRITE)
     return decision, ((SQL_DELETE, (key,), _WRITE) if rows else None)
 

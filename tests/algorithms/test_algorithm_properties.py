@@ -25,6 +25,7 @@ from ratesync._algorithms import (
     peek,
     quota,
     quota_observe,
+    shift_state,
     sliding_window,
     state_ttl,
     token_bucket,
@@ -391,3 +392,81 @@ def test_combined_admission_now_equals_the_two_pass_definition(ops: Any, observe
         assert d == expected
         assert new_states == expected_states
         states = new_states
+
+
+# Relative time. Dyadic rates, windows and steps at a base below 2**20 keep every sum exact, so
+# deciding at ``base`` and deciding at 0 on states shifted by ``-base`` must agree to the bit.
+exact_specs = st.lists(
+    st.one_of(
+        st.builds(TokenBucket, st.sampled_from([0.5, 1.0, 4.0, 8.0]), st.integers(1, 4)),
+        st.builds(SlidingWindow, st.integers(1, 4), st.sampled_from([0.5, 1.0, 4.0])),
+        st.builds(FixedWindow, st.integers(1, 4), st.sampled_from([0.5, 1.0, 4.0, 64.0])),
+    ),
+    min_size=1,
+    max_size=3,
+)
+exact_ops = st.lists(
+    st.tuples(
+        st.sampled_from(["acquire", "peek"]),
+        st.integers(0, 40).map(lambda n: n / 16),  # step
+        st.integers(1, 3),
+        st.sampled_from([0.0, 0.5, 2.0, math.inf]),
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+@given(specs=exact_specs, ops=exact_ops, start=st.integers(0, 2**20).map(lambda n: n / 8))
+@settings(max_examples=300, deadline=None)
+def test_deciding_relative_to_the_reading_is_deciding_at_it(specs: Any, ops: Any, start: float) -> None:
+    absolute: list[Any] = [None] * len(specs)
+    relative_kept: list[Any] = [None] * len(specs)  # in absolute times, as a store keeps them
+    now = start
+    for kind, step, cost, max_wait in ops:
+        now += step
+        shifted = [shift_state(st_, spec, -now) for st_, spec in zip(relative_kept, specs, strict=True)]
+        if kind == "peek":
+            assert peek(shifted, 0.0, specs, now) == peek(absolute, now, specs)
+            continue
+        d_abs, new_abs = decide(absolute, now, cost, specs, max_wait)
+        d_rel, new_rel = decide(shifted, 0.0, cost, specs, max_wait, now)
+        assert d_rel == d_abs
+        if d_abs.allowed:
+            absolute = new_abs
+            relative_kept = [shift_state(n, spec, now) for n, spec in zip(new_rel, specs, strict=True)]
+            assert relative_kept == absolute
+            ttls = [state_ttl(n, 0.0, spec) for n, spec in zip(new_rel, specs, strict=True)]
+            assert ttls == [state_ttl(n, now, spec) for n, spec in zip(new_abs, specs, strict=True)]
+
+
+def test_shift_state_moves_every_time_and_nothing_else() -> None:
+    q = QuotaState(reset_at=10.0, remaining=3.0, limit=5.0, window=60.0)
+    assert shift_state(q, Quota(), -4.0) == QuotaState(6.0, 3.0, 5.0, 60.0)
+    assert shift_state(((1.0, 2), (3.0, 1)), SlidingWindow(3, 1.0), 2.0) == ((3.0, 2), (5.0, 1))
+    assert shift_state((8.0, 2), FixedWindow(3, 4.0), -8.0) == (0.0, 2)
+    assert shift_state(7.5, TokenBucket(1.0), 0.5) == 8.0
+    assert shift_state(None, TokenBucket(1.0), 0.5) is None
+
+
+@pytest.mark.parametrize("rate", [3.0, 5.0, 7.0, 10.0, 30.0])
+def test_at_epoch_times_only_relative_time_counts_every_token(rate: float) -> None:
+    # 1.7e9 s has a last bit of 2.4e-7 s: ``now + 0.2`` rounds up, and the absolute form loses a
+    # token where the relative one (a store's ``now = 0``, ``base`` the reading) does not.
+    spec = TokenBucket(rate_per_second=rate, burst=4)
+    now = 1_764_000_000.123
+    d, (tat,) = decide([None], 0.0, 1, [spec], 0.0, now)
+    assert d.remaining == 3
+    assert peek([None], 0.0, [spec], now).remaining == 4
+    d2, _ = decide([tat], 0.0, 1, [spec], 0.0, now)
+    assert d2.remaining == 2
+    if rate == 5.0:
+        assert decide([None], now, 1, [spec])[0].remaining == 2  # the absolute form's lost token
+
+
+def test_fixed_windows_relative_to_a_base_keep_the_absolute_alignment() -> None:
+    spec = FixedWindow(limit=2, window_seconds=60.0)
+    base = 6_000_045.0  # 45 s into a window of the absolute clock
+    d, (state,) = decide([None], 0.0, 1, [spec], 0.0, base)
+    assert d.reset_after == 15.0
+    assert shift_state(state, spec, base) == (6_000_000.0, 1)

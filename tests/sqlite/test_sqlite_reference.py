@@ -32,6 +32,7 @@ from ratesync._algorithms import (
     lease_acquire,
     peek,
     quota_observe,
+    shift_state,
     state_ttl,
 )
 from ratesync._stores.sqlite import SQLiteStore
@@ -43,27 +44,34 @@ LEASE_KEYS = ["{h}#lease", "{g}#lease"]
 
 
 class Reference:
-    """The pure functions, with the expiry rule every store follows (``state_ttl``)."""
+    """The pure functions, with the expiry rule every store follows (``state_ttl``).
+
+    States are kept in absolute times and every decision runs on times relative to the reading of
+    the clock (``now = 0``, ``base`` the reading), as the module note on relative time says a store
+    on an epoch clock does.
+    """
 
     def __init__(self, clock: ManualClock) -> None:
         self.clock = clock
         self.states: dict[str, tuple[Any, float]] = {}
         self.leases: dict[str, dict[str, float]] = {}
 
-    def _get(self, key: str, now: float) -> Any:
+    def _get(self, key: str, spec: Spec, now: float) -> Any:
+        """The state of ``key`` relative to ``now``."""
         entry = self.states.get(key)
-        return entry[0] if entry is not None and entry[1] > now else None
+        return shift_state(entry[0], spec, -now) if entry is not None and entry[1] > now else None
 
     def _put(self, key: str, spec: Spec, state: Any, now: float) -> None:
+        """Keep ``state`` (relative to ``now``) in absolute times."""
         if state is None:
             self.states.pop(key, None)
         else:
-            self.states[key] = (state, now + state_ttl(state, now, spec))
+            self.states[key] = (shift_state(state, spec, now), now + state_ttl(state, 0.0, spec))
 
     def acquire(self, slots: list[tuple[str, Spec]], cost: int, max_wait: float) -> Decision:
         now = self.clock()
-        states = [self._get(k, now) for k, _ in slots]
-        decision, new_states = decide(states, now, cost, [s for _, s in slots], max_wait)
+        states = [self._get(k, s, now) for k, s in slots]
+        decision, new_states = decide(states, 0.0, cost, [s for _, s in slots], max_wait, now)
         if decision.allowed:
             for (k, s), ns in zip(slots, new_states, strict=True):
                 self._put(k, s, ns, now)
@@ -71,11 +79,11 @@ class Reference:
 
     def peek(self, slots: list[tuple[str, Spec]]) -> Decision:
         now = self.clock()
-        return peek([self._get(k, now) for k, _ in slots], now, [s for _, s in slots])
+        return peek([self._get(k, s, now) for k, s in slots], 0.0, [s for _, s in slots], now)
 
     def observe(self, key: str, spec: Quota, obs: Observation) -> None:
         now = self.clock()
-        new_state = quota_observe(self._get(key, now), now, obs, spec)
+        new_state = quota_observe(self._get(key, spec, now), 0.0, obs, spec)
         if new_state is not None:
             self._put(key, spec, new_state, now)
 

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rs_testing import ManualClock
 
-from ratesync._algorithms import Decision, FixedWindow, Spec, TokenBucket, decide, state_ttl
+from ratesync._algorithms import Decision, FixedWindow, Spec, TokenBucket, decide, shift_state, state_ttl
 from ratesync._stores import sqlite as sqlite_module
 from ratesync._stores.sqlite import STATE_TABLE, SQLiteStore
 
@@ -33,7 +33,7 @@ KEYS = ["{tb}#0", "{tb}#1"]
 
 
 class Reference:
-    """The pure functions with the stores' expiry rule."""
+    """The pure functions with the stores' expiry rule, on times relative to each reading of the clock."""
 
     def __init__(self, clock: ManualClock) -> None:
         self.clock = clock
@@ -45,12 +45,14 @@ class Reference:
         state = entry[0] if entry is not None and entry[1] > now else None
         if entry is not None and type(spec) is not entry[2]:
             state = None  # a key whose limit changed kind starts afresh
-        decision, (new_state,) = decide((state,), now, cost, (spec,), max_wait)
+        state = shift_state(state, spec, -now)
+        decision, (new_state,) = decide((state,), 0.0, cost, (spec,), max_wait, now)
         if decision.allowed:
             if new_state is None:
                 self.states.pop(key, None)
             else:
-                self.states[key] = (new_state, now + state_ttl(new_state, now, spec), type(spec))
+                expires_at = now + state_ttl(new_state, 0.0, spec)
+                self.states[key] = (shift_state(new_state, spec, now), expires_at, type(spec))
         return decision
 
 
@@ -322,8 +324,10 @@ def test_a_row_left_by_a_stale_first_call_means_no_state(tmp_path: Path) -> None
     store.initialize()
     now = time.time()
     conn = sqlite3.connect(db, isolation_level=None)
+    tats: list[float | None] = []
+    conn.create_function("ratesync_tat", 1, lambda x: tats.append(x) or x)
     rows = conn.execute(sqlite_module.SQL_GCRA, ("{n}#0", now - 1.0, 0.5, 2.5, 1e-9, 0.0)).fetchall()
-    assert rows == [(None,)]
+    assert rows == [(1,)] and tats == [None]  # a row written, without a TAT
     assert conn.execute(f"SELECT kind, num, expires_at FROM {STATE_TABLE}").fetchall() == [(1, None, now - 1.0)]
     conn.close()
     spec = TokenBucket(rate_per_second=2.0, burst=5)

@@ -280,28 +280,37 @@ async def test_decisions_have_sane_fields(store: Store, mode: Mode) -> None:
     assert d.remaining == 1
 
 
-#: Backends whose ``remaining`` is known to be off by one for these rates: they run the reference
-#: on absolute epoch times, whose last bit (2.4e-7 s) is above its EPSILON, so ``now + interval``
-#: rounds up for some intervals and a token goes missing from the count. Redis and PostgreSQL run it
-#: on times relative to the call's own (their ``base``); these two must do the same.
-REMAINING_OFF_BY_ONE = {"sqlite", "nats"}
-
-
 @pytest.mark.parametrize("rate", [3.0, 5.0, 7.0, 10.0, 30.0])
 async def test_remaining_counts_every_token_at_real_times(store: Store, mode: Mode, rate: float) -> None:
+    # At epoch times (about 1.7e9 s, last bit 2.4e-7 s) ``now + interval - now`` is not the interval:
+    # a store must run the algorithms on times relative to its reading of the clock, or the count
+    # loses a token for intervals that round up there (0.2 s always does until 2038).
     spec = TokenBucket(rate_per_second=rate, burst=4)
     k = key() + "#0"
-    counts = [(await peek(store, mode, [(key() + "#0", spec)])).remaining]  # a fresh key: all of it
-    counts.append((await acquire(store, mode, [(k, spec)])).remaining)
-    try:
-        assert counts == [4, 3], counts
-    except AssertionError:
-        if store.engine in REMAINING_OFF_BY_ONE:
-            pytest.xfail(f"known: {store.engine} counts remaining on epoch times ({counts})")
-        raise
-    if store.engine in REMAINING_OFF_BY_ONE and rate == 5.0:
-        # 0.2 s is 838,860.8 last bits of a 2026 epoch time: it always rounds up there.
-        pytest.fail(f"{store.engine} now counts every token: take it out of REMAINING_OFF_BY_ONE")
+    fresh = await peek(store, mode, [(key() + "#0", spec)])
+    assert fresh.remaining == 4
+    counts = [(await acquire(store, mode, [(k, spec)])).remaining for _ in range(4)]
+    # Time passing between the calls can only give tokens back, never take one.
+    assert all(c >= expected for c, expected in zip(counts, [3, 2, 1, 0], strict=True)), counts
+    assert counts[0] == 3, counts
+
+
+async def test_fixed_windows_are_aligned_to_the_clock(store: Store, mode: Mode) -> None:
+    # Windows start at multiples of their length of the store's clock, alone and with another limit
+    # in the same call, whatever time the call is made at.
+    window = 3600.0
+    clock = getattr(store, "now", time.time)  # Redis and PostgreSQL: the server's clock, this machine's
+    fixed = FixedWindow(limit=3, window_seconds=window)
+    pair = key()
+    alone: list[Slot] = [(key() + "#0", fixed)]
+    with_bucket: list[Slot] = [(pair + "#0", TokenBucket(rate_per_second=5.0, burst=2)), (pair + "#1", fixed)]
+    for slots, remaining in ((alone, 2), (with_bucket, 1)):
+        before = clock()
+        d = await acquire(store, mode, slots)
+        after = clock()
+        assert d.allowed and d.remaining == remaining
+        ends = {(before // window + 1) * window, (after // window + 1) * window}  # two if a window ended meanwhile
+        assert any(end - after - 0.5 <= d.reset_after <= end - before + 0.5 for end in ends), (d, before, after)
 
 
 def test_time_moves_with_the_clock(store: Store) -> None:
