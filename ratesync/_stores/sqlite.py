@@ -38,6 +38,7 @@ import time
 import weakref
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
+from math import floor as _floor
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
@@ -665,7 +666,7 @@ class SQLiteStore(Store):
                         lambda f: f.acquire(slots, cost, max_wait),
                         _OPEN,
                     )
-                if not self.healthy:  # another thread saw a failure meanwhile
+                if not self.healthy:  # another thread saw a failure meanwhile (``_down``: mypy narrows it)
                     self._recovered()
                 return decision
         return super().acquire(slots, cost, max_wait)
@@ -731,7 +732,13 @@ class SQLiteStore(Store):
                             if len(rows_known) >= _ROWS_KEPT:
                                 rows_known.clear()
                             rows_known.add(key)
-                        return _gcra_admitted(new_tat, interval, span, spec.burst)
+                        # ``_gcra_admitted``, inline: two calls fewer on the hottest path (measured:
+                        # 3 us of 42 on a VM whose Python is slow relative to its system calls).
+                        wait = new_tat - span
+                        if wait <= EPSILON:
+                            left = _floor(((span - new_tat) / interval) + EPSILON)
+                            return Decision(True, 0.0, float(left) if left > 0 else 0.0, new_tat, spec.burst)
+                        return Decision(True, wait, 0.0, new_tat, spec.burst)
                 rows = cursor.execute(SQL_GET_FRESH, params).fetchall()
             except BaseException as exc:
                 translated = self._sync_error(exc, write=True)
