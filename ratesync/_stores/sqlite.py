@@ -652,7 +652,8 @@ class SQLiteStore(Store):
         # The hot path, one token bucket while the file answers, calls the statement without the
         # policy wrapper's closures (a tenth of the call's time); what it does on a failure is the
         # wrapper's (``Store._guard``), and everything else goes through the wrapper.
-        if len(slots) == 1 and _ONE_STATEMENT and not self._down:
+        down = self._down  # a local: mypy would narrow the attribute and take its later test for dead code
+        if len(slots) == 1 and _ONE_STATEMENT and not down:
             key, spec = slots[0]
             if type(spec) is TokenBucket:
                 try:
@@ -666,7 +667,7 @@ class SQLiteStore(Store):
                         lambda f: f.acquire(slots, cost, max_wait),
                         _OPEN,
                     )
-                if not self.healthy:  # another thread saw a failure meanwhile (``_down``: mypy narrows it)
+                if self._down:  # another thread saw a failure meanwhile
                     self._recovered()
                 return decision
         return super().acquire(slots, cost, max_wait)
@@ -684,10 +685,10 @@ class SQLiteStore(Store):
     def _acquire_gcra(self, key: str, spec: TokenBucket, cost: int, max_wait: float) -> Decision | None:
         """The hottest path, one token bucket on the sync side: one UPSERT (``SQL_GCRA``), no transaction.
 
-        None when the call must be decided in the transaction instead: the sweep is due (it runs in
-        the transaction of the call that makes it due), the clock reading was not fresh any more
-        when the lock was held, or a refusal read from the row does not hold (the row changed
-        between the statement and the read).
+        None when the call must be decided in the transaction instead: the clock reading was not
+        fresh any more when the lock was held, or a refusal read from the row does not hold (the
+        row changed between the statement and the read). A sweep that is due runs after the
+        statement (``_sweep_after``).
         """
         interval = 1.0 / spec.rate_per_second
         span = spec.burst * interval
@@ -698,17 +699,17 @@ class SQLiteStore(Store):
         with self._lock:
             try:
                 cursor = self._cursor or self._connect()
-                if self._written + 1 >= _SWEEP_EVERY:
-                    return None
                 now = self._clock()
                 params = (key, now, step, span, limit, self._fresh_for)
                 if step - span <= limit:  # else refused whatever the state (0 + step - span - 0)
                     rows_known = self._rows
                     sql = SQL_GCRA_UPDATE if key in rows_known else SQL_GCRA_SYNC
-                    started = time.monotonic()
                     try:
                         written = cursor.execute(sql, params).rowcount
                     except sqlite3.OperationalError as exc:
+                        # The deadline of the retries counts from here: reading the clock before
+                        # every statement would cost the hot path more than the rare retry needs.
+                        started = time.monotonic()
                         written = self._retry_busy(cursor, sql, params, exc, started).rowcount
                     if written != 1 and sql is SQL_GCRA_UPDATE:
                         row = cursor.execute(SQL_GET_FRESH, params).fetchone()
@@ -719,7 +720,7 @@ class SQLiteStore(Store):
                         try:
                             written = cursor.execute(sql, params).rowcount
                         except sqlite3.OperationalError as exc:
-                            written = self._retry_busy(cursor, sql, params, exc, started).rowcount
+                            written = self._retry_busy(cursor, sql, params, exc, time.monotonic()).rowcount
                     if written == 1:
                         # A row was written, so this statement computed it through ``ratesync_tat``
                         # (the UPSERT: the INSERT's values always, then the DO UPDATE's if there was
@@ -737,8 +738,12 @@ class SQLiteStore(Store):
                         wait = new_tat - span
                         if wait <= EPSILON:
                             left = _floor(((span - new_tat) / interval) + EPSILON)
-                            return Decision(True, 0.0, float(left) if left > 0 else 0.0, new_tat, spec.burst)
-                        return Decision(True, wait, 0.0, new_tat, spec.burst)
+                            decision = Decision(True, 0.0, float(left) if left > 0 else 0.0, new_tat, spec.burst)
+                        else:
+                            decision = Decision(True, wait, 0.0, new_tat, spec.burst)
+                        if self._written >= _SWEEP_EVERY:
+                            self._sweep_after(cursor, now)
+                        return decision
                 rows = cursor.execute(SQL_GET_FRESH, params).fetchall()
             except BaseException as exc:
                 translated = self._sync_error(exc, write=True)
@@ -746,6 +751,28 @@ class SQLiteStore(Store):
                     raise translated from exc
                 raise
         return _gcra_refused(spec, rows[0], now, cost, max_wait)
+
+    def _sweep_after(self, cursor: sqlite3.Cursor, now: float) -> None:
+        """The sweep that is due, after a call's own statement has committed (under ``_lock``).
+
+        Its statements commit one by one: each deletes only rows expired at ``now`` as it finds them
+        under the write lock, so a row another process has just renewed is never deleted. The call
+        is decided and charged already, so a failure here is logged, not raised: the next sweep
+        visits the same rows, and a file that has failed fails the next call, which the policy handles.
+        """
+        self._written = 0  # also after a failure: the next try is a sweep's interval later
+        try:
+            _drive(cursor, self._op_sweep(now))
+        except sqlite3.Error as exc:
+            logger.warning("rate-sync store %r: sweeping expired rows failed (%s); retried later", self.name, exc)
+
+    async def _asweep_after(self, conn: aiosqlite.Connection, now: float) -> None:
+        """The async twin of :meth:`_sweep_after` (under the side's lock)."""
+        self._written = 0
+        try:
+            await _adrive(conn, self._op_sweep(now))
+        except sqlite3.Error as exc:
+            logger.warning("rate-sync store %r: sweeping expired rows failed (%s); retried later", self.name, exc)
 
     def _retry_busy(
         self, cursor: sqlite3.Cursor, sql: str, params: Any, exc: sqlite3.OperationalError, started: float
@@ -826,8 +853,6 @@ class SQLiteStore(Store):
             try:
                 if conn is None:
                     conn = side.conn = await self._aopen(side.tat_out)
-                if self._written + 1 >= _SWEEP_EVERY:
-                    return None
                 now = self._clock()
                 params = (key, now, step, span, limit, self._fresh_for)
                 if step - span <= limit:
@@ -841,7 +866,10 @@ class SQLiteStore(Store):
                         if new_tat is None:
                             return None
                         self._written += 1
-                        return _gcra_admitted(new_tat, interval, span, spec.burst)
+                        decision = _gcra_admitted(new_tat, interval, span, spec.burst)
+                        if self._written >= _SWEEP_EVERY:
+                            await self._asweep_after(conn, now)
+                        return decision
                 rows = list(await conn.execute_fetchall(SQL_GET_FRESH, params))
             except BaseException as exc:
                 # Nothing to roll back: the statement commits by itself or not at all.

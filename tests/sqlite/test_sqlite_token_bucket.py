@@ -155,7 +155,7 @@ async def apply(store: SQLiteStore, clock: ManualClock, spec: TokenBucket, ops: 
 def test_the_statement_decides_as_the_reference(spec: TokenBucket, ops: list[Any], start: float, mode: str) -> None:
     clock = ManualClock(start)
     with tempfile.TemporaryDirectory() as folder, pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sqlite_module, "_SWEEP_EVERY", 10**9)  # the sweep's transaction is not under test here
+        mp.setattr(sqlite_module, "_SWEEP_EVERY", 10**9)  # the sweep's statements are not under test here
         store = SQLiteStore(Path(folder) / "tb.db", clock=clock)
         store.initialize()
 
@@ -237,8 +237,9 @@ def test_the_keys_remembered_are_bounded(tmp_path: Path, monkeypatch: pytest.Mon
     store.close()
 
 
-def test_the_sweep_runs_in_the_transaction_of_the_call_that_makes_it_due(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("side", ["sync", "async"])
+def test_the_sweep_runs_after_the_statement_of_the_call_that_makes_it_due(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, side: str
 ) -> None:
     monkeypatch.setattr(sqlite_module, "_SWEEP_EVERY", 4)
     clock = ManualClock(1_700_000_000.0)
@@ -248,15 +249,41 @@ def test_the_sweep_runs_in_the_transaction_of_the_call_that_makes_it_due(
     for i in range(3):
         assert store.acquire([(f"{{old{i}}}#0", spec)]).allowed
     clock.now += 3600.0
-    bucket = TokenBucket(rate_per_second=100.0, burst=10)
-    assert store.acquire([("{b}#0", bucket)]).allowed  # the 4th row written: due
-    assert paths.transactions == 4  # the three windows, then the bucket call with the sweep
-    assert store.acquire([("{b}#0", bucket)]).allowed
-    assert paths.transactions == 4
+    bucket = [("{b}#0", TokenBucket(rate_per_second=100.0, burst=10))]
+
+    async def twice() -> list[Decision]:
+        return [await store.aacquire(bucket), await store.aacquire(bucket)]
+
+    # The 4th row written makes the sweep due: the bucket call still takes its one statement.
+    got = [store.acquire(bucket), store.acquire(bucket)] if side == "sync" else asyncio.run(twice())
+    assert [d.remaining for d in got] == [9, 8]
+    assert paths.transactions == 3  # the three windows only
     with sqlite3.connect(tmp_path / "sweep.db") as conn:
         keys = [k for (k,) in conn.execute(f"SELECT key FROM {STATE_TABLE}")]
     conn.close()
     assert keys == ["{b}#0"]
+    assert store._written == 1
+    store.close()
+
+
+def test_a_failed_sweep_is_logged_and_the_call_keeps_its_decision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(sqlite_module, "_SWEEP_EVERY", 2)
+    store = SQLiteStore(tmp_path / "sweepfail.db", name="local")
+    bucket = [("{b}#0", TokenBucket(rate_per_second=100.0, burst=10))]
+    assert store.acquire(bucket).remaining == 9
+
+    def failing(now: float) -> Any:
+        raise sqlite3.OperationalError("disk I/O error")
+        yield  # a generator, as _op_sweep
+
+    monkeypatch.setattr(store, "_op_sweep", failing)
+    with caplog.at_level("WARNING", logger="ratesync"):
+        d = store.acquire(bucket)
+    assert d.allowed and d.remaining == 8 and not d.degraded
+    assert "sweeping expired rows failed" in caplog.text and "'local'" in caplog.text
+    assert store.healthy and store._written == 0  # tried again a sweep's interval later, not on every call
     store.close()
 
 
